@@ -1,0 +1,53 @@
+"""What every tune_dsr command line shares: logging set-up and the "bad input" exit path."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from tune_dsr.config import ConfigError
+
+# Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def register_user_error(*kinds: type[BaseException]) -> None:
+    global USER_ERRORS
+    USER_ERRORS = tuple(dict.fromkeys((*USER_ERRORS, *kinds)))
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks and debug logging")
+
+
+def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse, set up logging, run `body`; bad input prints one paragraph and exits non-zero."""
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        return body(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"(run `{parser.prog} --help` for usage, or add --debug for the traceback)",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: failed: {type(exc).__name__}: {exc}\n(add --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1

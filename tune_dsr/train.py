@@ -1,0 +1,178 @@
+"""One DSR training run from the command line: ``python -m tune_dsr.train``.
+
+Settings come from the guide's defaults, then ``--config`` (for example ``best.json`` from
+``tune_dsr.export``), then the flags. ``--demo`` makes synthetic faces and uses random networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tune_dsr.cli import add_debug_flag, register_user_error, run_cli
+from tune_dsr.config import Config, ConfigError
+from tune_dsr.data import DataError, PairedFaces
+from tune_dsr.losses import PerceptualWeightsError, load_loss_networks
+from tune_dsr.models.edgeface import EdgeFaceError
+from tune_dsr.trainer import Callback, Trainer, TrainingDiverged
+
+logger = logging.getLogger("tune_dsr.train")
+register_user_error(DataError, EdgeFaceError, PerceptualWeightsError)
+
+# The demo: tiny synthetic faces, a small DSR, random loss networks; about a minute on 2 CPU cores.
+DEMO_SETTINGS: dict[str, Any] = {
+    "vlr_size": 16, "width": 32, "depth": 4, "epochs": 3, "batch_size": 8, "warmup_epochs": 1,
+    "lr": 1e-3, "edgeface": "random:edgeface_xxs", "perceptual_weights": "random",
+}
+
+
+def make_demo_data(out: Path, subjects: int = 16, per_subject: int = 4) -> dict[str, Path]:
+    """Synthetic faces for the demo (16 px VLR), written under `out`."""
+    from tune_dsr.synth import make_synthetic_dataset
+
+    return make_synthetic_dataset(out, subjects=subjects, per_subject=per_subject,
+                                  vlr_sizes=(16,), seed=0)
+
+
+def load_pair_sets(config: Config) -> tuple[PairedFaces, PairedFaces]:
+    """The training and validation sets a config names, checked before anything trains."""
+    data = config.data
+    missing = [name for name in ("train_dir", "val_dir") if not getattr(data, name)]
+    if missing:
+        raise ConfigError(f"no {' or '.join(missing)} given: pass --train-dir and --val-dir "
+                          "(or --data-root), or set them in the --config file")
+    sets = []
+    for split in (data.train_dir, data.val_dir):
+        sets.append(PairedFaces.load(Path(split).expanduser().resolve(),  # type: ignore[arg-type]
+                                     vlr_size=config.model.vlr_size,
+                                     hr_size=config.model.hr_size, max_images=data.max_images))
+    return sets[0], sets[1]
+
+
+class EpochPrinter(Callback):
+    """The guide's per-epoch lines, and a progress bar on a terminal."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+
+    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: float) -> None:
+        if not self.progress:
+            return
+        done = int(30 * batch / num_batches)
+        print(f"\rEpoch {trainer.epoch + 1:03d} [{'#' * done}{'.' * (30 - done)}] "
+              f"{batch}/{num_batches} loss={loss:.4f}", end="", file=sys.stderr, flush=True)
+        if batch == num_batches:
+            print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        def parts(prefix: str) -> str:
+            return " ".join(f"{short}:{metrics[f'{prefix}_{term}_loss']:.3g}" for short, term in
+                            (("L1", "l1"), ("P", "perceptual"), ("ID", "identity"),
+                             ("FM", "feature_match"), ("TV", "tv")))
+        print(f"Epoch {int(metrics['epoch']):03d} | train_loss={metrics['train_loss']:.4f} "
+              f"({parts('train')}) PSNR={metrics['train_psnr']:.2f}dB", flush=True)
+        print(f"          | val_loss={metrics['val_loss']:.4f} ({parts('val')}) "
+              f"PSNR={metrics['val_psnr']:.2f}dB SSIM={metrics['val_ssim']:.3f} "
+              f"score={metrics['val_score']:.2f} | {metrics['images_per_s']:.1f} img/s "
+              f"{metrics['epoch_seconds']:.1f}s lr={metrics['lr']:.3g}", flush=True)
+        if trainer.best_epoch == trainer.epoch:
+            print(f"  saved new best (by {trainer.monitor}): val PSNR {metrics['val_psnr']:.2f}dB,"
+                  f" ID loss {metrics['val_identity_loss']:.3f}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_dsr.train",
+        description="Train DSR against a frozen (fine-tuned) EdgeFace: one run.")
+    p.add_argument("--train-dir", help="training split (holds hr_images/ and vlr_images*/)")
+    p.add_argument("--val-dir", help="validation split (same layout)")
+    p.add_argument("--data-root", help="a root with train_processed/ and val_processed/ "
+                                       "(instead of --train-dir/--val-dir)")
+    p.add_argument("--edgeface", help="EdgeFace checkpoint path, or random:<variant> for a "
+                                      "smoke test (default: from --config, else "
+                                      "edgeface_finetuned.pth)")
+    p.add_argument("--perceptual-weights", help="VGG19 weights: imagenet (torch hub cache), a "
+                                                "file path, or random (default: imagenet)")
+    p.add_argument("--config", help="JSON config (e.g. best.json from tune_dsr.export); flags "
+                                    "override it")
+    p.add_argument("--epochs", type=int, help="number of epochs (default 100)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--vlr-size", type=int, help="VLR input size in px (default 32)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs; 0: off "
+                                                "(default 20)")
+    p.add_argument("--out", required=True, help="output folder: config.json, metrics.jsonl, "
+                                                "last.pt (resumable), best.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (same config)")
+    p.add_argument("--demo", action="store_true",
+                   help="synthetic faces, random networks, a tiny DSR: about a minute on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = Config.from_json(args.config) if args.config else Config()
+    overrides: dict[str, Any] = {}
+    out = Path(args.out).expanduser().resolve()
+    if args.demo:
+        overrides.update(DEMO_SETTINGS)
+        splits = make_demo_data(out / "demo_data")
+        overrides.update(train_dir=str(splits["train"]), val_dir=str(splits["val"]))
+    if args.data_root:
+        root = Path(args.data_root).expanduser()
+        overrides.update(train_dir=str(root / "train_processed"),
+                         val_dir=str(root / "val_processed"))
+    flags = {"train_dir": args.train_dir, "val_dir": args.val_dir, "edgeface": args.edgeface,
+             "perceptual_weights": args.perceptual_weights, "epochs": args.epochs,
+             "batch_size": args.batch_size, "vlr_size": args.vlr_size, "device": args.device,
+             "early_stop_patience": args.patience}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    for key in ("train_dir", "val_dir"):
+        if key in overrides:
+            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
+    return config.replace(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), _train, argv)
+
+
+def _train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    config = config_from_args(args)
+    out = Path(args.out).expanduser().resolve()
+    if args.resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: {out / 'last.pt'} does not exist; run without --resume")
+    # Everything that can be wrong with the input is found here, before the first step.
+    train_set, val_set = load_pair_sets(config)
+    identity_net, vgg = load_loss_networks(config.train.edgeface, config.train.perceptual_weights)
+    printer = EpochPrinter(progress=not args.no_progress and sys.stderr.isatty())
+    trainer = Trainer(config, train_set, val_set, identity_net, vgg, callbacks=[printer],
+                      out_dir=out)
+    if args.resume:
+        trainer.load_state(out / "last.pt")
+    print(f"Training DSR ({config.model.width}x{config.model.depth}, {config.model.vlr_size}px -> "
+          f"{config.model.hr_size}px) on {len(train_set)} pairs, validating on {len(val_set)}, "
+          f"device {trainer.device}, {config.train.epochs} epochs", flush=True)
+    try:
+        result = trainer.fit()
+    except TrainingDiverged as exc:
+        print(f"training diverged: {exc}. The last good state is in {out / 'last.pt'}.",
+              file=sys.stderr)
+        return 1
+    best = result.best_metrics
+    print(f"Done: {result.epochs_run} epochs in {time.perf_counter() - started:.1f}s"
+          f"{' (early stop)' if result.stopped_early else ''}. Best epoch {result.best_epoch} by "
+          f"{trainer.monitor}: val PSNR {best.get('val_psnr', float('nan')):.2f}dB, "
+          f"ID loss {best.get('val_identity_loss', float('nan')):.3f}. Model: {out / 'best.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
