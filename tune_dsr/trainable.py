@@ -1,0 +1,76 @@
+"""The Tune adapter: one trial = one `Trainer` run that reports every epoch to Tune.
+
+The dataset arrives through ``tune.with_parameters`` (decoded once by the driver, shared through
+the object store), the resources through ``tune.with_resources``. ASHA decides when a trial stops,
+so the trainer's own patience is switched off here.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from tune_dsr.config import Config
+from tune_dsr.data import PairedFaces
+from tune_dsr.losses import load_loss_networks
+from tune_dsr.trainer import Callback, Trainer
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+class TuneReporter(Callback):
+    """Reports each epoch's metrics, with a resumable checkpoint every `checkpoint_every` epochs."""
+
+    def __init__(self, objective: str, checkpoint_every: int = 1) -> None:
+        self.objective = objective
+        self.checkpoint_every = checkpoint_every
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        report = dict(metrics)
+        report["objective"] = metrics[self.objective]
+        report["node_id"] = ray.get_runtime_context().get_node_id()
+        # Every metric is finite here (the trainer raises on NaN): Optuna never sees a NaN.
+        last = trainer.epoch >= trainer.config.train.epochs
+        if trainer.epoch % self.checkpoint_every and not last:
+            tune.report(report)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save_state(Path(folder) / STATE_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces) -> None:
+    """Function trainable: `config` is a flat Tune config (settings plus the trial's values)."""
+    # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch's own pool must agree with it.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    settings = {k: v for k, v in config.items() if not k.startswith("_")}
+    run_config = Config.from_dict(settings).replace(early_stop_patience=0)
+    objective = config.get("_objective", "val_score")
+    identity_net, vgg = load_loss_networks(run_config.train.edgeface,
+                                           run_config.train.perceptual_weights)
+    trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
+                      callbacks=[TuneReporter(objective, int(config.get("_checkpoint_every", 1)))])
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state(Path(folder) / STATE_FILE)
+    trainer.fit()
+
+
+def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float,
+                   gpus: float, function: Callable[..., None] = train_dsr) -> Any:
+    """`function` (`train_dsr`) with the dataset in the object store and per-trial resources."""
+    with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set)
+    resources = {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
+    return tune.with_resources(with_data, resources)
+

@@ -1,0 +1,146 @@
+"""Ray Tune + Optuna pieces that fix the known traps of using them together.
+
+- `PruneAwareOptunaSearch`: Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early is
+  COMPLETE with its truncated last value, so TPE learns from early numbers as if they were final.
+  Here every epoch's value goes to the Optuna trial as an intermediate value, and a trial that
+  ended before the last epoch without error is told as PRUNED (Optuna's TPE handles pruned trials
+  by their intermediate values).
+- `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
+  this callback's state is saved with the experiment and puts the rungs back.
+- `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_dsr.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """`OptunaSearch` that reports per-epoch values and marks early-stopped trials PRUNED.
+
+    `max_epochs` is the full length of a trial; `step_key` the result key that counts epochs.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, step_key: str = "epoch",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._step_key = step_key
+        self._last_step: dict[str, int] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self.metric), result.get(self._step_key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
+            return
+        step = int(step)
+        # A trial retried from its checkpoint reports some epochs again: report each step once.
+        if step <= self._last_step.get(trial_id, 0):
+            return
+        self._last_step[trial_id] = step
+        self._ot_trials[trial_id].report(float(value), step)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:
+            self.on_trial_result(trial_id, result)  # Ray passes the last epoch here, not there
+        epochs = int(result.get(self._step_key, 0)) if result else 0
+        if error or epochs >= self._max_epochs:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
+    """Seeded TPE; `constant_liar` so parallel trials are not proposed as near-duplicates.
+
+    Random start-up trials: a quarter of the budget, between 2 and 10 (Optuna's default 10 would
+    leave a small search with no model-guided trials at all).
+    """
+    startup = max(2, min(10, num_samples // 4))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                      n_startup_trials=startup)
+
+
+class AshaStateCallback(Callback):
+    """Saves ASHA's rung records with the experiment and puts them back on `Tuner.restore`.
+
+    It holds the same scheduler object as the `TuneConfig`; both are pickled together in the
+    experiment, so after a restore this callback still points at the scheduler Tune uses.
+    """
+
+    def __init__(self, scheduler: ASHAScheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        rungs = [[(float(milestone), dict(recorded)) for milestone, recorded in bracket._rungs]
+                 for bracket in self.scheduler._brackets]
+        return {"rungs": rungs, "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"], strict=False):
+            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+        self.scheduler._num_stopped = state["num_stopped"]
+        logger.info("Restored ASHA rungs: %s",
+                    [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
+
+
+@ray.remote(num_cpus=0)
+def _sees_marker(uri: str, marker: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs.get_file_info(f"{path.rstrip('/')}/{marker}").type != pyarrow.fs.FileType.NotFound
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def check_storage_reachable(storage: str) -> list[str]:
+    """Write a marker at `storage` and check every alive Ray node sees it.
+
+    Returns the ids of nodes that cannot see it (empty: shared). Raises ConfigError if the driver
+    itself cannot write there.
+    """
+    import pyarrow.fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    uri = storage if is_uri(storage) else f"file://{storage}"
+    marker = f".tune_dsr_reach_{uuid.uuid4().hex}"
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path.rstrip('/')}/{marker}") as out:
+            out.write(b"tune_dsr")
+    except Exception as exc:
+        raise ConfigError(f"--storage-path {storage} cannot be written from this machine "
+                          f"({exc}); give a writable folder, a shared (NFS) mount or an s3:// "
+                          "URI with credentials set") from exc
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        checks = {n["NodeID"]: _sees_marker.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(uri, marker) for n in nodes}
+        return [node for node, ref in checks.items() if not ray.get(ref, timeout=120)]
+    finally:
+        fs.delete_file(f"{path.rstrip('/')}/{marker}")
