@@ -238,3 +238,34 @@ def test_export_errors(finished_search, tmp_path, capsys):
     assert "metric 'val_accuracy' was not reported" in capsys.readouterr().err
     assert search_cli_export(str(tmp_path / "nothing"), "--out", str(tmp_path / "x.json")) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _output_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif out.output_type in ("execute_result", "display_data"):
+                parts.extend(v for k, v in out.data.items() if k.startswith("text/"))
+    return "\n".join(parts)
+
+
+def test_analysis_notebook_runs_on_the_search(finished_search, monkeypatch):
+    """notebooks/analyze_search.ipynb, top to bottom in a fresh kernel, on this experiment (with
+    COMPLETE, PRUNED and FAIL trials)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_search.ipynb"
+    monkeypatch.setenv("TUNE_DSR_EXPERIMENT", str(finished_search["experiment"]))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(notebook, as_version=4)
+    # Raises CellExecutionError, naming the cell, if any cell fails.
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    text = _output_text(nb)
+    best = json.loads((finished_search["experiment"] / search_cli.BEST_FILE).read_text())
+    assert best["provenance"]["trial_id"] in text
+    assert "python -m tune_dsr.export" in text and "PRUNED" in text

@@ -263,7 +263,7 @@ def _connect_ray(plan: SearchPlan) -> None:
     if plan.address:
         ray.init(address=plan.address, include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(num_gpus=plan.gpus or None, include_dashboard=False)
+        ray.init(address="local", num_gpus=plan.gpus or None, include_dashboard=False)
 
 
 def _check_cluster(plan: SearchPlan) -> None:
@@ -300,7 +300,13 @@ def build_tuner(plan: SearchPlan, train_set: PairedFaces, val_set: PairedFaces,
 
     from search_spaces import load_preset
     from tune_dsr.trainable import make_trainable, train_dsr
-    from tune_dsr.tuning import AshaStateCallback, PruneAwareOptunaSearch, make_sampler
+    from tune_dsr.tuning import (
+        AshaStateCallback,
+        PruneAwareOptunaSearch,
+        make_sampler,
+        pin_space,
+        trial_dirname,
+    )
 
     trainable = make_trainable(train_set, val_set, cpus=plan.cpus_per_trial,
                                gpus=plan.gpus_per_trial, function=function or train_dsr)
@@ -343,43 +349,6 @@ def build_tuner(plan: SearchPlan, train_set: PairedFaces, val_set: PairedFaces,
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[AshaStateCallback(scheduler)], progress_reporter=reporter, verbose=1))
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
-
-
-def pin_space(space: Any, pins: dict[str, Any]) -> Any:
-    """The preset's define-by-run space with `pins` held fixed (not suggested, not searched)."""
-    if not pins:
-        return space
-    return _PinnedSpace(space, dict(pins))
-
-
-class _PinnedSpace:
-    """Picklable wrapper: suggest_* of a pinned key returns the pin without asking Optuna."""
-
-    def __init__(self, space: Any, pins: dict[str, Any]) -> None:
-        self.space, self.pins = space, pins
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        constants = self.space(_PinnedTrial(trial, self.pins)) or {}
-        return {**constants, **self.pins}
-
-
-class _PinnedTrial:
-    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
-        self._trial, self._pins = trial, pins
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._trial, name)
-        if not name.startswith("suggest_"):
-            return attr
-
-        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
-            return self._pins[key] if key in self._pins else attr(key, *args, **kwargs)
-        return suggest
 
 
 def study_path(plan: SearchPlan) -> Path:

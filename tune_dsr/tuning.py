@@ -70,6 +70,18 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # Trials asked after the experiment's last checkpoint are lost to Tune (a killed driver)
+        # but stand RUNNING in the stored study: close them, so the study holds no ghosts.
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+                logger.info("Optuna trial %d was lost with the driver; marked FAIL",
+                            frozen.number)
+
+
 def make_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
     """Seeded TPE; `constant_liar` so parallel trials are not proposed as near-duplicates.
 
@@ -102,6 +114,46 @@ class AshaStateCallback(Callback):
         self.scheduler._num_stopped = state["num_stopped"]
         logger.info("Restored ASHA rungs: %s",
                     [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
+
+
+# Search-side helpers live here, not in search.py: run as `python -m tune_dsr.search` that module
+# is __main__, and what the experiment pickles from it could not be unpickled by --resume.
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default spells out every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def pin_space(space: Any, pins: dict[str, Any]) -> Any:
+    """The preset's define-by-run space with `pins` held fixed (not suggested, not searched)."""
+    if not pins:
+        return space
+    return _PinnedSpace(space, dict(pins))
+
+
+class _PinnedSpace:
+    """Picklable wrapper: suggest_* of a pinned key returns the pin without asking Optuna."""
+
+    def __init__(self, space: Any, pins: dict[str, Any]) -> None:
+        self.space, self.pins = space, pins
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        constants = self.space(_PinnedTrial(trial, self.pins)) or {}
+        return {**constants, **self.pins}
+
+
+class _PinnedTrial:
+    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
+        self._trial, self._pins = trial, pins
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+
+        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
+            return self._pins[key] if key in self._pins else attr(key, *args, **kwargs)
+        return suggest
+
 
 
 @ray.remote(num_cpus=0)

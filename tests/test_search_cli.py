@@ -1,0 +1,214 @@
+"""The search CLI: bad arguments fail before any trial, --list-spaces, resume after a kill, and
+trials spread over a two-node Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tune_dsr import search as search_cli
+from tune_dsr.analysis import load_trials
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--edgeface", "random:edgeface_xxs", "--perceptual-weights", "random",
+        "--set", "width=8", "--set", "depth=1", "--set", "batch_size=4",
+        "--set", "bicubic_residual=true"]
+
+
+def data_args(root: Path) -> list[str]:
+    return ["--train-dir", str(root / "train_processed"), "--val-dir", str(root / "val_processed")]
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    code = search_cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--space", "recognition_frist"], ["unknown search space", "recognition_first",
+                                        "quality_first", "fast"]),
+    (["--gpus", "1", "--gpus-per-trial", "2"], ["--gpus-per-trial=2.0 is larger than --gpus"]),
+    (["--gpus", "0.5", "--gpus-per-trial", "1"], ["larger than --gpus"]),
+    (["--gpus", "1", "--gpus-per-trial", "0"], ["would leave the GPUs idle"]),
+    (["--reduction-factor", "1"], ["--reduction-factor=1.0 must be above 1"]),
+    (["--max-epochs", "3", "--grace-period", "5"], ["--grace-period=5 exceeds --max-epochs=3"]),
+    (["--set", "lerning_rate=0.1"], ["unknown config key 'lerning_rate'", "Valid keys"]),
+    (["--set", "lr=5"], ["lr=5", "(0.0, 1.0]"]),
+    (["--set", "width"], ["write KEY=VALUE"]),
+    (["--storage-path", "ftp://host/x"], ["unsupported URI scheme"]),
+])
+def test_bad_arguments_fail_before_anything_starts(extra, words, synthetic_root, tmp_path,
+                                                  capsys):
+    storage = tmp_path / "results"
+    code, text = run_main([*data_args(synthetic_root), *TINY, "--storage-path", str(storage),
+                           "--name", "x", *extra], capsys)
+    assert code == 2
+    for word in words:
+        assert word in text
+    assert "Traceback" not in text
+    assert not (storage / "x").exists()
+
+
+def test_gpus_that_are_not_there(synthetic_root, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has 8 GPUs")
+    code, text = run_main([*data_args(synthetic_root), *TINY, "--gpus", "8",
+                           "--storage-path", str(tmp_path)], capsys)
+    assert code == 2 and "CUDA device(s)" in text
+
+
+def test_missing_data_and_unreadable_edgeface(synthetic_root, tmp_path, capsys):
+    storage = tmp_path / "results"
+    code, text = run_main(["--train-dir", str(tmp_path / "nowhere"), "--val-dir",
+                           str(tmp_path / "nowhere"), *TINY, "--storage-path", str(storage),
+                           "--name", "x"], capsys)
+    assert code == 2 and "nowhere" in text and "does not exist" in text
+    code, text = run_main(["--data-root", str(tmp_path)], capsys)
+    assert code == 2 and "train_processed" in text
+    code, text = run_main(["--storage-path", str(storage)], capsys)
+    assert code == 2 and "no data" in text
+
+    broken = tmp_path / "edgeface_finetuned.pth"
+    broken.write_bytes(b"this is not a checkpoint")
+    code, text = run_main([*data_args(synthetic_root), *TINY, "--edgeface", str(broken),
+                           "--storage-path", str(storage), "--name", "x"], capsys)
+    assert code == 2 and str(broken) in text and "Traceback" not in text
+    assert not (storage / "x").exists()
+
+
+def test_storage_path_that_cannot_be_written(ray_session, synthetic_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, text = run_main([*data_args(synthetic_root), *TINY,
+                           "--storage-path", str(blocker / "results"), "--name", "x"], capsys)
+    assert code == 2 and "cannot be written" in text and "NFS" in text
+
+
+def test_storage_check_finds_the_path_shared_on_one_node(ray_session, tmp_path):
+    from tune_dsr.tuning import check_storage_reachable
+
+    assert check_storage_reachable(str(tmp_path / "shared")) == []
+    assert list((tmp_path / "shared").iterdir()) == []  # the marker is cleaned up
+
+
+def test_list_spaces(capsys):
+    code, text = run_main(["--list-spaces"], capsys)
+    assert code == 0
+    for words in ("recognition_first", "min val_identity_loss", "quality_first",
+                  "max val_psnr", "fast", "max val_score", "lambda_identity", "(log)"):
+        assert words in text
+
+
+def test_resume_needs_an_experiment(tmp_path, capsys):
+    code, text = run_main(["--resume", "--storage-path", str(tmp_path), "--name", "gone"],
+                          capsys)
+    assert code == 2 and "search_plan.json missing" in text
+    code, text = run_main(["--resume", "--storage-path", str(tmp_path)], capsys)
+    assert code == 2 and "--resume needs --name" in text
+
+
+def _statuses(experiment: Path) -> dict[str, str]:
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # being written
+        return {}
+    return {json.loads(e[0])["trial_id"]: json.loads(e[0])["status"] for e in data["trial_data"]}
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_rerunning_finished_trials(ray_session, synthetic_root,
+                                                                 tmp_path, capsys, caplog):
+    storage, name = tmp_path / "results", "killed"
+    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs", "2",
+            "--grace-period", "2", "--max-concurrent", "1",
+            "--storage-path", str(storage), "--name", name]
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-m", "tune_dsr.search", *argv], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    experiment = storage / name
+    deadline = time.monotonic() + 240
+    try:
+        while sum(s == "TERMINATED" for s in _statuses(experiment).values()) < 2:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "two trials did not finish in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        driver.wait()
+    finished = {t: s for t, s in _statuses(experiment).items() if s == "TERMINATED"}
+    rows_before = {t.trial_id: (Path(t.path) / "progress.csv").read_text()
+                   for t in load_trials(str(experiment)) if t.trial_id in finished}
+
+    with caplog.at_level(logging.INFO, logger="tune_dsr.tuning"):
+        code, _ = run_main(["--resume", "--storage-path", str(storage), "--name", name], capsys)
+    assert code == 0
+    trials = load_trials(str(experiment))
+    assert len(trials) == 4 and all(t.epochs_run == 2 and not t.error for t in trials)
+    for trial in trials:  # finished trials were not run again
+        if trial.trial_id in rows_before:
+            assert (Path(trial.path) / "progress.csv").read_text() == rows_before[trial.trial_id]
+    # ASHA's rungs came back with the experiment (a plain Tuner.restore starts them empty).
+    restored = [r.getMessage() for r in caplog.records if "Restored ASHA rungs" in r.message]
+    assert restored
+    assert re.search(r"\(2\.0, [2-4]\)", restored[0]), restored[0]  # the finished trials' rung
+    study = optuna.load_study(study_name=name,
+                              storage=f"sqlite:///{experiment / search_cli.STUDY_FILE}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert (experiment / search_cli.BEST_FILE).is_file()
+
+
+CLUSTER_SCRIPT = textwrap.dedent("""
+    import sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from tune_dsr import search
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1},
+                      connect=False, shutdown_at_exit=True)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    code = search.main(sys.argv[1:] + ["--address", cluster.address])
+    ray.shutdown()
+    cluster.shutdown()
+    sys.exit(code)
+""")
+
+
+@pytest.mark.slow
+def test_two_node_cluster_runs_trials_on_both_nodes(synthetic_root, tmp_path):
+    storage, name = tmp_path / "shared_results", "cluster"
+    script = tmp_path / "cluster_search.py"
+    script.write_text(CLUSTER_SCRIPT)
+    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs", "2",
+            "--grace-period", "2", "--max-concurrent", "2", "--storage-path", str(storage),
+            "--name", name]
+    done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Ray cluster: 2 nodes" in done.stdout
+    trials = load_trials(str(storage / name))
+    assert len(trials) == 4 and all(t.history for t in trials)
+    nodes = {r["node_id"] for t in trials for r in t.history}
+    assert len(nodes) == 2  # trials ran on both nodes ...
+    assert (storage / name / search_cli.BEST_FILE).is_file()  # ... into one experiment folder
