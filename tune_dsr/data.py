@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from tune_dsr.config import Config, ConfigError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -41,6 +43,7 @@ __all__ = [
     "augment_pair",
     "check_split",
     "find_vlr_dir",
+    "load_pair_sets",
     "subject_of",
     "to_float",
 ]
@@ -541,3 +544,25 @@ def augment_pair(vlr: Tensor, hr: Tensor, generator: torch.Generator) -> tuple[T
     return (_apply(vlr, flip, rotate, angle, jitter, factors),
             _apply(hr, flip, rotate, angle, jitter, factors))
 
+
+def load_pair_sets(config: Config, infer_vlr_size: bool = False
+                   ) -> tuple[Config, PairedFaces, PairedFaces]:
+    """The training and validation sets a config names, checked before anything trains.
+
+    With `infer_vlr_size`, the VLR size is the data's (its only vlr_images* folder) and the
+    returned config says so; otherwise the data must match ``config.model.vlr_size``.
+    """
+    data = config.data
+    missing = [name for name in ("train_dir", "val_dir") if not getattr(data, name)]
+    if missing:
+        raise ConfigError(f"no {' or '.join(missing)} given: pass --train-dir and --val-dir "
+                          "(or --data-root), or set them in the --config file")
+    vlr_size = None if infer_vlr_size else config.model.vlr_size
+    train, val = (PairedFaces.load(Path(split).expanduser().resolve(),  # type: ignore[arg-type]
+                                   vlr_size=vlr_size, hr_size=config.model.hr_size,
+                                   max_images=data.max_images)
+                  for split in (data.train_dir, data.val_dir))
+    if train.vlr_size != val.vlr_size:
+        raise DataError(f"training VLR images are {train.vlr_size}px, validation ones "
+                        f"{val.vlr_size}px; pass --vlr-size to pick one size")
+    return config.replace(vlr_size=train.vlr_size), train, val

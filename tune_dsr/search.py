@@ -20,7 +20,7 @@ from typing import Any
 
 from tune_dsr.cli import add_debug_flag, register_user_error, run_cli
 from tune_dsr.config import Config, ConfigError
-from tune_dsr.data import DataError, PairedFaces
+from tune_dsr.data import DataError, PairedFaces, load_pair_sets
 from tune_dsr.losses import PerceptualWeightsError, load_loss_networks
 from tune_dsr.models.edgeface import EdgeFaceError
 
@@ -31,9 +31,13 @@ PLAN_FILE = "search_plan.json"
 STUDY_FILE = "optuna_study.db"
 BEST_FILE = "best_config.json"
 
-# The demo: synthetic faces, random networks, a tiny DSR (width/depth pinned, not searched).
+# The demo: synthetic faces, random networks, a tiny DSR (width/depth pinned, not searched), and
+# a short search: a few minutes on two CPU cores.
 DEMO_PINS: dict[str, Any] = {"width": 24, "depth": 2, "batch_size": 8}
 DEMO_SETTINGS: dict[str, Any] = {"edgeface": "random:edgeface_xxs", "perceptual_weights": "random"}
+DEMO_SEARCH: dict[str, Any] = {"num_samples": 6, "max_epochs": 4, "grace_period": 1,
+                               "reduction_factor": 2}
+SEARCH_DEFAULTS: dict[str, Any] = {"num_samples": 20, "reduction_factor": 3}
 
 
 @dataclass
@@ -81,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; fractions share a GPU (e.g. 0.5: two trials per GPU). "
                         "Default 1 when --gpus > 0")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
-    p.add_argument("--num-samples", type=int, default=20, help="trials to run (default 20)")
+    p.add_argument("--num-samples", type=int,
+                   help="trials to run (default 20; with --demo 6)")
     p.add_argument("--max-epochs", type=int,
                    help="epochs of a full-length trial, ASHA's max_t (default: the preset's)")
     p.add_argument("--grace-period", type=int,
                    help="epochs every trial gets before ASHA may stop it (default: the preset's)")
-    p.add_argument("--reduction-factor", type=float, default=3,
-                   help="ASHA keeps 1/reduction_factor of the trials at each rung (default 3)")
+    p.add_argument("--reduction-factor", type=float,
+                   help="ASHA keeps 1/reduction_factor of the trials at each rung (default 3; "
+                        "with --demo 2)")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials running at once (default 0: as many as resources allow)")
     p.add_argument("--time-budget", type=float,
@@ -176,6 +182,10 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check every argument; nothing expensive has started yet."""
     from search_spaces import load_preset
 
+    # Flags left unset take the demo's values with --demo, else the defaults.
+    for key, value in (DEMO_SEARCH if args.demo else SEARCH_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     preset = load_preset(args.space)
     space_ref = str(Path(args.space).resolve()) if args.space.endswith(".py") else args.space
     _positive(args, "num_samples", "max_epochs", "grace_period", "time_budget",
@@ -243,16 +253,10 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
 
 def load_data(plan: SearchPlan) -> tuple[PairedFaces, PairedFaces]:
     """Decode both splits once on the driver (the object store shares them with the trials)."""
-    vlr_size = plan.base.get("vlr_size")
-    sets = [PairedFaces.load(Path(plan.base[key]), vlr_size=vlr_size,
-                             hr_size=plan.base.get("hr_size", 112),
-                             max_images=plan.base.get("max_images", 0))
-            for key in ("train_dir", "val_dir")]
-    if sets[0].vlr_size != sets[1].vlr_size:
-        raise DataError(f"training VLR images are {sets[0].vlr_size}px, validation ones "
-                        f"{sets[1].vlr_size}px; pass --vlr-size to pick one size")
-    plan.base["vlr_size"] = sets[0].vlr_size
-    return sets[0], sets[1]
+    config, train_set, val_set = load_pair_sets(Config().replace(**plan.base),
+                                                infer_vlr_size="vlr_size" not in plan.base)
+    plan.base["vlr_size"] = config.model.vlr_size
+    return train_set, val_set
 
 
 def _connect_ray(plan: SearchPlan) -> None:

@@ -7,6 +7,7 @@ Settings come from the guide's defaults, then ``--config`` (for example ``best.j
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from tune_dsr.cli import add_debug_flag, register_user_error, run_cli
 from tune_dsr.config import Config, ConfigError
-from tune_dsr.data import DataError, PairedFaces
+from tune_dsr.data import DataError, load_pair_sets
 from tune_dsr.losses import PerceptualWeightsError, load_loss_networks
 from tune_dsr.models.edgeface import EdgeFaceError
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged
@@ -36,21 +37,6 @@ def make_demo_data(out: Path, subjects: int = 16, per_subject: int = 4) -> dict[
 
     return make_synthetic_dataset(out, subjects=subjects, per_subject=per_subject,
                                   vlr_sizes=(16,), seed=0)
-
-
-def load_pair_sets(config: Config) -> tuple[PairedFaces, PairedFaces]:
-    """The training and validation sets a config names, checked before anything trains."""
-    data = config.data
-    missing = [name for name in ("train_dir", "val_dir") if not getattr(data, name)]
-    if missing:
-        raise ConfigError(f"no {' or '.join(missing)} given: pass --train-dir and --val-dir "
-                          "(or --data-root), or set them in the --config file")
-    sets = []
-    for split in (data.train_dir, data.val_dir):
-        sets.append(PairedFaces.load(Path(split).expanduser().resolve(),  # type: ignore[arg-type]
-                                     vlr_size=config.model.vlr_size,
-                                     hr_size=config.model.hr_size, max_images=data.max_images))
-    return sets[0], sets[1]
 
 
 class EpochPrinter(Callback):
@@ -116,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> tuple[Config, bool]:
+    """The run's config, and whether its VLR size was given (else it comes from the data)."""
     config = Config.from_json(args.config) if args.config else Config()
     overrides: dict[str, Any] = {}
     out = Path(args.out).expanduser().resolve()
@@ -136,7 +123,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for key in ("train_dir", "val_dir"):
         if key in overrides:
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
-    return config.replace(**overrides)
+    # A config file (e.g. best.json from export) names the size it was tuned for.
+    vlr_given = "vlr_size" in overrides or (args.config is not None
+                                            and _names_vlr_size(Path(args.config)))
+    return config.replace(**overrides), vlr_given
+
+
+def _names_vlr_size(path: Path) -> bool:
+    raw = json.loads(path.read_text())  # already read and validated by Config.from_json
+    return "vlr_size" in raw or "vlr_size" in raw.get("model", {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    config = config_from_args(args)
+    config, vlr_given = config_from_args(args)
     out = Path(args.out).expanduser().resolve()
     if args.resume and not (out / "last.pt").is_file():
         raise ConfigError(f"--resume: {out / 'last.pt'} does not exist; run without --resume")
     # Everything that can be wrong with the input is found here, before the first step.
-    train_set, val_set = load_pair_sets(config)
+    config, train_set, val_set = load_pair_sets(config, infer_vlr_size=not vlr_given)
     identity_net, vgg = load_loss_networks(config.train.edgeface, config.train.perceptual_weights)
     printer = EpochPrinter(progress=not args.no_progress and sys.stderr.isatty())
     trainer = Trainer(config, train_set, val_set, identity_net, vgg, callbacks=[printer],
