@@ -132,33 +132,51 @@ def _statuses(experiment: Path) -> dict[str, str]:
     return {json.loads(e[0])["trial_id"]: json.loads(e[0])["status"] for e in data["trial_data"]}
 
 
-@pytest.mark.slow
-def test_killed_search_resumes_without_rerunning_finished_trials(ray_session, synthetic_root,
-                                                                 tmp_path, capsys, caplog):
-    storage, name = tmp_path / "results", "killed"
-    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs", "2",
-            "--grace-period", "2", "--max-concurrent", "1",
-            "--storage-path", str(storage), "--name", name]
+def _driver(argv: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-m", "tune_dsr.search", *argv], cwd=tmp_path,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    experiment = storage / name
+    return subprocess.Popen([sys.executable, "-m", "tune_dsr.search", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_finished(driver: subprocess.Popen, experiment: Path, count: int) -> None:
     deadline = time.monotonic() + 240
+    while sum(s == "TERMINATED" for s in _statuses(experiment).values()) < count:
+        assert driver.poll() is None, "the search ended before it could be stopped"
+        assert time.monotonic() < deadline, f"{count} trials did not finish in time"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
+        ray_session, synthetic_root, tmp_path, capsys, caplog):
+    storage, name = tmp_path / "results", "killed"
+    experiment = storage / name
+    resume = ["--resume", "--storage-path", str(storage), "--name", name]
+
+    # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
+    driver = _driver([*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs",
+                      "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
+                      str(storage), "--name", name], tmp_path)
+    _wait_for_finished(driver, experiment, 1)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-2000:]
+    assert f"--resume --storage-path {storage} --name {name}" in err
+
+    # Resumed, then killed outright: no chance to save anything on the way out.
+    driver = _driver(resume, tmp_path)
     try:
-        while sum(s == "TERMINATED" for s in _statuses(experiment).values()) < 2:
-            assert driver.poll() is None, "the search ended before it could be killed"
-            assert time.monotonic() < deadline, "two trials did not finish in time"
-            time.sleep(0.5)
+        _wait_for_finished(driver, experiment, 2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
         driver.wait()
-    finished = {t: s for t, s in _statuses(experiment).items() if s == "TERMINATED"}
+    finished = {t for t, s in _statuses(experiment).items() if s == "TERMINATED"}
     rows_before = {t.trial_id: (Path(t.path) / "progress.csv").read_text()
                    for t in load_trials(str(experiment)) if t.trial_id in finished}
 
     with caplog.at_level(logging.INFO, logger="tune_dsr.tuning"):
-        code, _ = run_main(["--resume", "--storage-path", str(storage), "--name", name], capsys)
+        code, _ = run_main(resume, capsys)
     assert code == 0
     trials = load_trials(str(experiment))
     assert len(trials) == 4 and all(t.epochs_run == 2 and not t.error for t in trials)

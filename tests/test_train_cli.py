@@ -61,7 +61,8 @@ def test_vlr_size_comes_from_the_data_and_resume_goes_on(synthetic_root, tmp_pat
 @pytest.mark.parametrize("problem", ["no_data", "missing_dir", "bad_key", "bad_value",
                                      "missing_edgeface", "resume_without_state", "corrupt_image",
                                      "vgg_missing"])
-def test_bad_input_is_one_paragraph_and_exit_2(problem, synthetic_root, tmp_path, capsys):
+def test_bad_input_is_one_paragraph_and_exit_2(problem, synthetic_root, tmp_path, capsys,
+                                               monkeypatch):
     data = ["--data-root", str(synthetic_root)]
     argv = [*data, *RANDOM_NETS, "--out", str(tmp_path / "out")]
     expect: list[str]
@@ -92,11 +93,8 @@ def test_bad_input_is_one_paragraph_and_exit_2(problem, synthetic_root, tmp_path
     else:  # VGG19 ImageNet weights not in the (empty) hub cache, nothing downloadable
         argv += ["--perceptual-weights", "imagenet"]
         expect = ["vgg19-dcbb9e9d.pth", "--perceptual-weights"]
-    os.environ["TORCH_HOME"] = str(tmp_path / "torch_home")
-    try:
-        code, out, err = run_main(argv, capsys)
-    finally:
-        del os.environ["TORCH_HOME"]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+    code, _, err = run_main(argv, capsys)
     assert code == 2
     for word in expect:
         assert word in err, (word, err)

@@ -132,6 +132,15 @@ def _trial_statuses(fs: Any, entries: list[Any]) -> dict[str, str]:
     return statuses
 
 
+def unfinished_trials(experiment: str) -> list[str]:
+    """Trials an interrupted search left running, pending or paused (for --resume)."""
+    import pyarrow.fs
+
+    fs, root = _filesystem(experiment)
+    statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)))
+    return [t for t, s in statuses.items() if s in ("RUNNING", "PENDING", "PAUSED")]
+
+
 def history_frame(experiment: str) -> pd.DataFrame:
     """One row per (trial, epoch) with every reported metric."""
     rows = [{"trial_id": t.trial_id, **r} for t in load_trials(experiment) for r in t.history]

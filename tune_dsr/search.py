@@ -398,6 +398,7 @@ def run_search(plan: SearchPlan, resume: bool = False, function: Any = None) -> 
 
     `function` replaces the trial function (default `tune_dsr.trainable.train_dsr`).
     """
+    from tune_dsr.analysis import unfinished_trials
     from tune_dsr.export import best_config_document, write_json
 
     train_set, val_set = load_data(plan)
@@ -427,6 +428,8 @@ def run_search(plan: SearchPlan, resume: bool = False, function: Any = None) -> 
     document = best_config_document(plan.experiment_path, plan.metric, plan.mode)
     write_json(document, f"{plan.experiment_path}/{BEST_FILE}")
     document["provenance"]["search_seconds"] = round(time.perf_counter() - started, 1)
+    # Tune catches Ctrl-C, saves the experiment and returns as if done: tell the two apart.
+    document["provenance"]["unfinished"] = unfinished_trials(plan.experiment_path)
     return document
 
 
@@ -467,6 +470,13 @@ def _search(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's classic progress table
     document = run_search(plan, resume=args.resume)
     print_best(document, plan)
+    unfinished = document["provenance"]["unfinished"]
+    if unfinished:
+        print(f"\nThe search was interrupted with {len(unfinished)} trial(s) unfinished; the "
+              "best config above is the best so far. Continue with:\n  python -m "
+              f"tune_dsr.search --resume --storage-path {plan.storage_path} --name {plan.name}",
+              file=sys.stderr)
+        return 130
     return 0
 
 
