@@ -8,14 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tune_dsr.config import ConfigError
+from tune_dsr.data import DataError
+from tune_dsr.losses import PerceptualWeightsError
+from tune_dsr.models.edgeface import EdgeFaceError
 
 # Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
-def register_user_error(*kinds: type[BaseException]) -> None:
-    global USER_ERRORS
-    USER_ERRORS = tuple(dict.fromkeys((*USER_ERRORS, *kinds)))
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataError, EdgeFaceError, PerceptualWeightsError, FileNotFoundError)
 
 
 def setup_logging(debug: bool) -> None:

@@ -18,14 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_dsr.cli import add_debug_flag, register_user_error, run_cli
+from tune_dsr.cli import add_debug_flag, run_cli
 from tune_dsr.config import Config, ConfigError
-from tune_dsr.data import DataError, PairedFaces, load_pair_sets
-from tune_dsr.losses import PerceptualWeightsError, load_loss_networks
-from tune_dsr.models.edgeface import EdgeFaceError
+from tune_dsr.data import PairedFaces, load_pair_sets
+from tune_dsr.losses import load_loss_networks
 
 logger = logging.getLogger("tune_dsr.search")
-register_user_error(DataError, EdgeFaceError, PerceptualWeightsError)
 
 PLAN_FILE = "search_plan.json"
 STUDY_FILE = "optuna_study.db"

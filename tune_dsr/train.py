@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune_dsr.cli import add_debug_flag, register_user_error, run_cli
+from tune_dsr.cli import add_debug_flag, run_cli
 from tune_dsr.config import Config, ConfigError
-from tune_dsr.data import DataError, load_pair_sets
-from tune_dsr.losses import PerceptualWeightsError, load_loss_networks
-from tune_dsr.models.edgeface import EdgeFaceError
+from tune_dsr.data import load_pair_sets
+from tune_dsr.losses import load_loss_networks
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged
 
 logger = logging.getLogger("tune_dsr.train")
-register_user_error(DataError, EdgeFaceError, PerceptualWeightsError)
 
 # The demo: tiny synthetic faces, a small DSR, random loss networks; about a minute on 2 CPU cores.
 DEMO_SETTINGS: dict[str, Any] = {

@@ -170,30 +170,23 @@ class Trainer:
         return RunResult(self.epoch, self.best_epoch, dict(self.best_metrics), stopped_early,
                          list(self.history))
 
-    def _batches(self, size: int, seed: int | None) -> tuple[torch.Generator | None,
-                                                             list[Tensor]]:
-        n = len(self.train_set) if seed is not None else len(self.val_set)
-        if seed is None:
-            return None, list(torch.arange(n).split(size))
-        # Data order and augmentation come from a generator seeded by (seed, epoch): an epoch is the
-        # same whether the run went straight through or was resumed before it.
-        generator = torch.Generator().manual_seed(seed)
-        return generator, list(torch.randperm(n, generator=generator).split(size))
-
     def _to_device(self, images: Tensor) -> Tensor:
         return to_float(images).to(self.device, non_blocking=True)
 
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
         self.model.train()
-        generator, batches = self._batches(cfg.batch_size, cfg.seed * 1_000_003 + self.epoch)
+        # Data order and augmentation come from a generator seeded by (seed, epoch): an epoch is the
+        # same whether the run went straight through or was resumed before it.
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
+        batches = torch.randperm(len(self.train_set), generator=generator).split(cfg.batch_size)
         sums = dict.fromkeys(("total", *TERMS, "psnr"), 0.0)
         seen = 0
         for index, batch in enumerate(batches, start=1):
             vlr = self._to_device(self.train_set.vlr[batch])
             hr = self._to_device(self.train_set.hr[batch])
             if self.config.data.augment:
-                vlr, hr = augment_pair(vlr, hr, generator)  # type: ignore[arg-type]
+                vlr, hr = augment_pair(vlr, hr, generator)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 sr = self.model(vlr)
@@ -243,7 +236,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         batch_size = self.config.train.batch_size
         sums = dict.fromkeys(("total", *TERMS, "psnr", "psnr_y", "ssim"), 0.0)
-        for batch in self._batches(batch_size, None)[1]:
+        for batch in torch.arange(len(self.val_set)).split(batch_size):
             vlr = self._to_device(self.val_set.vlr[batch])
             hr = self._to_device(self.val_set.hr[batch])
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
