@@ -330,3 +330,16 @@ def test_edgenext_forward_matches_timm() -> None:
     faces = _faces(2)
     with torch.no_grad():
         assert torch.allclose(net(faces)[0], net.model((faces - 0.5) / 0.5), atol=1e-6)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    net = build_edgeface("edgeface_xxs")
+    state = {f"model.{k}" if not k.startswith("model.") else k: v.clone()
+             for k, v in net.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
+    state[key][0] = float("nan")
+    path = tmp_path / "edgeface_nan.pt"
+    torch.save(state, path)
+    with pytest.raises(EdgeFaceError, match="NaN or infinite weights") as err:
+        load_edgeface(str(path))
+    assert key.removeprefix("model.") in str(err.value) or key in str(err.value)

@@ -497,6 +497,13 @@ def load_edgeface(spec: str, map_location: str | torch.device = "cpu") -> Identi
     if isinstance(net, EdgeNeXtIdentityNet):
         state = {f"model.{key}": value for key, value in state.items()}
     _load_strict(net, state, path)
+    # A damaged file with NaN/inf weights would otherwise pass as "every trial diverged".
+    broken = [name for name, tensor in net.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise EdgeFaceError(
+            f"EdgeFace checkpoint {path} holds NaN or infinite weights in {len(broken)} tensors "
+            f"({_first(broken)}); the file is damaged: use an intact copy.")
     net.freeze().to(map_location)
     logger.info("[EdgeFace] loaded %s from %s (%s)", variant, path, fmt)
     return net
