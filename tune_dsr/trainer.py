@@ -171,7 +171,8 @@ class Trainer:
                          list(self.history))
 
     def _to_device(self, images: Tensor) -> Tensor:
-        return to_float(images).to(self.device, non_blocking=True)
+        # Copy uint8 and convert there: a quarter of the bytes of a float copy.
+        return to_float(images.to(self.device, non_blocking=True))
 
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
