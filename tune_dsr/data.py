@@ -433,7 +433,8 @@ class PairedFaces(torch.utils.data.Dataset):
         scan = _scan(split_path, vlr_size, hr_size, max_images)
         if scan.problems:
             raise _error(split_path, scan.problems)
-        assert scan.hr_dir is not None and scan.vlr_dir is not None  # no problems: both found
+        if scan.hr_dir is None or scan.vlr_dir is None:  # _scan reports a missing folder
+            raise RuntimeError(f"internal error: {split_path} scanned without its folders")
         names = scan.names
         hr, hr_failed = _decode_all([scan.hr_dir / n for n in names], hr_size)
         vlr, vlr_failed = _decode_all([scan.vlr_dir / n for n in names], scan.vlr_size)

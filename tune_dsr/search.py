@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class SearchPlan:
     max_failures: int
     checkpoint_every: int
     address: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def experiment_path(self) -> str:

@@ -283,7 +283,7 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _corrupt(path: Path, exc: BaseException) -> EdgeFaceError:
-    # torch's own unpickling message advises weights_only=False: never repeat that advice.
+    # torch's own unpickling message advises turning weights_only off: never repeat that advice.
     text = "" if isinstance(exc, pickle.UnpicklingError) else str(exc).strip()
     detail = (text.splitlines() or [""])[0].split(". ")[0][:200]
     reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
