@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,7 @@ def _read_history(fs: Any, folder: str, names: set[str]) -> list[dict[str, Any]]
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def _epoch_count(log: list[dict[str, Any]]) -> int:
+def _epoch_count(log: Iterable[dict[str, Any]]) -> int:
     return len({r.get("epoch") for r in log})
 
 

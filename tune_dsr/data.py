@@ -159,9 +159,9 @@ def _locate_vlr(split_dir: Path, vlr_size: int | None) -> tuple[Path | None, lis
         return None, [_Problem(f"no VLR folder: expected {VLR_DIR}/ or {VLR_DIR}_NxN/",
                                _FIX_LAYOUT)]
     if len(folders) > 1:
-        sizes = [str(s) for s in map(_folder_size, folders) if s is not None]
+        choices = [str(s) for s in map(_folder_size, folders) if s is not None]
         return None, [_Problem(f"several VLR folders ({names}) and no vlr_size to choose one",
-                               f"pass vlr_size (one of {', '.join(sizes)}) to pick a folder")]
+                               f"pass vlr_size (one of {', '.join(choices)}) to pick a folder")]
     return folders[0], []
 
 

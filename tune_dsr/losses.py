@@ -99,12 +99,14 @@ class Perceptual(nn.Module):
 
     def __init__(self, trunk: nn.Sequential, config: LossConfig) -> None:
         super().__init__()
-        if config.multiscale_perceptual:
-            slices, weights = VGG_SLICES, config.perceptual_layer_weights
-        else:  # the guide's earlier, 3-layer version, equally weighted
+        slices: tuple[tuple[int, int], ...] = VGG_SLICES
+        weights: tuple[float, ...] = config.perceptual_layer_weights
+        if not config.multiscale_perceptual:  # the guide's earlier 3 layers, equally weighted
             slices, weights = VGG_SLICES[:3], (1 / 3, 1 / 3, 1 / 3)
         self.slices = nn.ModuleList(trunk[a:b] for a, b in slices)
         self.layer_weights = tuple(float(w) for w in weights)
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
 

@@ -264,7 +264,7 @@ def _connect_ray(plan: SearchPlan) -> None:
     if plan.address:
         ray.init(address=plan.address, include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(address="local", num_gpus=plan.gpus or None, include_dashboard=False)
+        ray.init(address="local", num_gpus=int(plan.gpus) or None, include_dashboard=False)
 
 
 def _check_cluster(plan: SearchPlan) -> None:

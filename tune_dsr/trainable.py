@@ -35,7 +35,7 @@ class TuneReporter(Callback):
         self.checkpoint_every = checkpoint_every
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        report = dict(metrics)
+        report: dict[str, float | str] = dict(metrics)
         report["objective"] = metrics[self.objective]
         report["node_id"] = ray.get_runtime_context().get_node_id()
         # Every metric is finite here (the trainer raises on NaN): Optuna never sees a NaN.

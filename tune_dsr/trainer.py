@@ -229,7 +229,7 @@ class Trainer:
         # still be mostly random initial weights for the first thousand steps, and a search's
         # short trials would be judged on those.
         decay = min(self.config.train.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        ema_params = list(self.ema.parameters())
+        ema_params: list[Tensor] = list(self.ema.parameters())
         params = [p.detach() for p in self.model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 

@@ -42,6 +42,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._step_key = step_key
         self._last_step: dict[str, int] = {}
 
+    def _study(self) -> optuna.Study:
+        if self._ot_study is None:
+            raise RuntimeError("the Optuna study is not set up: give the searcher a space, "
+                               "a metric and a mode")
+        return self._ot_study
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -66,7 +72,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
             return
         # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._study().tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
@@ -74,10 +80,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         # Trials asked after the experiment's last checkpoint are lost to Tune (a killed driver)
         # but stand RUNNING in the stored study: close them, so the study holds no ghosts.
+        study = self._study()
         known = {trial.number for trial in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
-                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+                study.tell(frozen.number, state=TrialState.FAIL)
                 logger.info("Optuna trial %d was lost with the driver; marked FAIL",
                             frozen.number)
 

@@ -68,7 +68,7 @@ class DSR(nn.Module):
                        nn.PixelShuffle(factor), nn.PReLU(width)]
         self.upsample = nn.Sequential(*stages)
         self.tail = nn.Conv2d(width, 3, 3, padding=1)
-        if not config.bicubic_residual:
+        if not config.bicubic_residual and self.tail.bias is not None:
             # Start at mid-grey: the output is clamped to [0, 1], and a clamp passes no gradient,
             # so a net whose first outputs sit around 0 would waste half its pixels' signal.
             nn.init.constant_(self.tail.bias, 0.5)
@@ -110,6 +110,8 @@ def load_dsr(path: str | Path, map_location: str | torch.device = "cpu") -> tupl
                           "use best.pt or last.pt written by tune_dsr.train")
     config = Config.from_dict(data["config"])
     state = data.get("model_state_dict") or data.get("ema_state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} holds no DSR weights (model_state_dict)")
     model = DSR(config.model)
     model.load_state_dict(state)
     return model.eval(), config, dict(data.get("metrics", {}))

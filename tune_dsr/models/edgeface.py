@@ -145,10 +145,12 @@ class EdgeNeXtIdentityNet(IdentityNet):
     def __init__(self, variant: str) -> None:
         super().__init__(variant)
         timm_name, gamma = _EDGENEXT[variant]
-        self.model = timm.create_model(timm_name, pretrained=False)
-        self.model.reset_classifier(512)
+        # Any: timm builds EdgeNeXt with stem/stages/norm_pre/head, which nn.Module's typing hides.
+        model: Any = timm.create_model(timm_name, pretrained=False)
+        model.reset_classifier(512)
         if gamma is not None:
-            _make_low_rank(self.model, gamma)
+            _make_low_rank(model, gamma)
+        self.model: Any = model
 
     def _embed(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         if min(x.shape[-2:]) < 32:
@@ -300,7 +302,7 @@ def _read_pickled(path: Path, map_location: str | torch.device) -> Any:
     (or a pathlib path inside it) we retry with that name mapped to our own stand-in. Anything
     else is refused: it would be code from the file.
     """
-    allowed: list[tuple[Any, str]] = []
+    allowed: list[Any] = []
     while True:
         try:
             with torch.serialization.safe_globals(allowed):
