@@ -30,7 +30,8 @@ from tune_dsr.config import Config, ConfigError
 BUILTIN = ("recognition_first", "quality_first", "fast")
 # What a preset may optimise: the validation metrics every epoch reports.
 OBJECTIVES = ("val_identity_loss", "val_psnr", "val_score", "val_loss", "val_psnr_y", "val_ssim",
-              "val_feature_match_loss", "val_l1_loss", "val_perceptual_loss")
+              "val_feature_match_loss", "val_l1_loss", "val_perceptual_loss", "val_accuracy",
+              "val_rank1", "val_unknown_rate")
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def test_terms_and_weighted_total(loss_nets):
                      lambda_feature_match=0.2, lambda_tv=0.1)
     sr, hr = torch.rand(2, 3, 112, 112), torch.rand(2, 3, 112, 112)
     terms = DSRLoss(cfg, identity_net, Perceptual(vgg, cfg))(sr, hr)
-    assert set(terms) == {*TERMS, "total"}
+    assert set(terms) == {*TERMS, "total", "sr_embedding", "hr_embedding"}
+    assert terms["sr_embedding"].shape == (2, 512) and not terms["sr_embedding"].requires_grad
     expected = sum(getattr(cfg, f"lambda_{t}") * terms[t] for t in TERMS)
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["l1"].item() == pytest.approx((sr - hr).abs().mean().item(), rel=1e-5)

@@ -203,6 +203,7 @@ def test_best_config_written_exported_and_trained(finished_search, tmp_path, cap
     assert search_cli_export(str(experiment), "--out", str(out)) == 0
     exported = json.loads(out.read_text())
     assert exported["provenance"]["trial_id"] == best["provenance"]["trial_id"]
+    assert 0 <= exported["metrics"]["val_accuracy"] <= exported["metrics"]["val_rank1"] <= 1
     config = Config.from_json(out)
     assert config.train.epochs == MAX_EPOCHS and config.train.early_stop_patience == 20
     assert config.model.width == 8 and config.data.train_dir.endswith("train_processed")
@@ -233,9 +234,9 @@ def test_export_errors(finished_search, tmp_path, capsys):
     experiment = str(finished_search["experiment"])
     assert search_cli_export(experiment, "--rank", "99", "--out", str(tmp_path / "x.json")) == 2
     assert "give a rank from 1 to" in capsys.readouterr().err
-    assert search_cli_export(experiment, "--metric", "val_accuracy", "--mode", "max",
+    assert search_cli_export(experiment, "--metric", "val_lfw_accuracy", "--mode", "max",
                              "--out", str(tmp_path / "x.json")) == 2
-    assert "metric 'val_accuracy' was not reported" in capsys.readouterr().err
+    assert "metric 'val_lfw_accuracy' was not reported" in capsys.readouterr().err
     assert search_cli_export(str(tmp_path / "nothing"), "--out", str(tmp_path / "x.json")) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -10,7 +10,8 @@ from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 
 EXPECTED_KEYS = {
     "epoch", "lr", "train_loss", "val_loss", "val_psnr", "val_psnr_y", "val_ssim", "val_score",
-    "images_per_s", "epoch_seconds", "train_psnr",
+    "images_per_s", "epoch_seconds", "train_psnr", "val_accuracy", "val_rank1",
+    "val_unknown_rate",
     *(f"{split}_{term}_loss" for split in ("train", "val")
       for term in ("l1", "perceptual", "identity", "feature_match", "tv")),
 }
@@ -43,6 +44,9 @@ def test_callback_gets_every_metric_each_epoch(tiny_config, tiny_sets, loss_nets
         assert all(math.isfinite(v) for v in metrics.values())
     assert [m["epoch"] for m in recorder.epochs] == [1.0, 2.0]
     assert recorder.epochs[0]["val_identity_loss"] > 0
+    for metrics in recorder.epochs:
+        assert 0 <= metrics["val_accuracy"] <= metrics["val_rank1"] <= 1
+        assert 0 <= metrics["val_unknown_rate"] <= 1
     # Files: config, per-epoch metrics, resumable state, best model with EMA weights and metrics.
     assert Config.from_json(tmp_path / "config.json") == tiny_config
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -41,6 +41,8 @@ MONITOR_MODES: dict[str, str] = {
     "val_psnr": "max",
     "val_identity_loss": "min",
     "val_loss": "min",
+    "val_accuracy": "max",
+    "val_rank1": "max",
 }
 
 # One dB of PSNR is worth 0.05 of identity loss: the guide's gap between a "good" (< 0.20) and an
@@ -143,6 +145,8 @@ class TrainConfig:
     early_stop_patience: int = 20
     # What "best" means for the saved model and early stopping (see MONITOR_MODES).
     monitor: str = "val_score"
+    # Cosine similarity below which a validation face counts as "unknown" (the guide's 0.35).
+    recognition_threshold: float = 0.35
     seed: int = 42
     amp: bool = True
     device: str = "auto"
@@ -162,6 +166,7 @@ class TrainConfig:
         _range("early_stop_patience", self.early_stop_patience, 0, 100_000)
         _check(self.monitor in MONITOR_MODES, "monitor", self.monitor,
                f"choose one of {sorted(MONITOR_MODES)}")
+        _range("recognition_threshold", self.recognition_threshold, -1.0, 1.0)
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "device", self.device, "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

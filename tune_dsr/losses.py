@@ -134,7 +134,9 @@ class DSRLoss(nn.Module):
 
     `identity_net(images) -> (embedding, [activations...])` is the frozen EdgeFace; `perceptual`
     may be None when λ_perceptual is 0. A network whose terms all weigh 0 is not run in training
-    (`compute_all=False`) and those terms read 0; validation computes every term.
+    (`compute_all=False`) and those terms read 0; validation computes every term. When EdgeFace
+    ran, the result also holds its detached embeddings, ``sr_embedding`` and ``hr_embedding``,
+    for recognition metrics without another pass.
     """
 
     def __init__(self, config: LossConfig, identity_net: nn.Module,
@@ -170,6 +172,7 @@ class DSRLoss(nn.Module):
             terms["feature_match"] = torch.stack(
                 [F.l1_loss(s.float(), h.float()) for s, h in zip(sr_acts, hr_acts, strict=True)]
             ).mean()
+            terms["sr_embedding"], terms["hr_embedding"] = sr_embedding.detach(), hr_embedding
 
         terms["total"] = (cfg.lambda_l1 * terms["l1"] + cfg.lambda_perceptual * terms["perceptual"]
                           + cfg.lambda_identity * terms["identity"]

@@ -61,7 +61,8 @@ class EpochPrinter(Callback):
               f"({parts('train')}) PSNR={metrics['train_psnr']:.2f}dB", flush=True)
         print(f"          | val_loss={metrics['val_loss']:.4f} ({parts('val')}) "
               f"PSNR={metrics['val_psnr']:.2f}dB SSIM={metrics['val_ssim']:.3f} "
-              f"score={metrics['val_score']:.2f} | {metrics['images_per_s']:.1f} img/s "
+              f"score={metrics['val_score']:.2f} acc={metrics['val_accuracy']:.1%} "
+              f"unknown={metrics['val_unknown_rate']:.1%} | {metrics['images_per_s']:.1f} img/s "
               f"{metrics['epoch_seconds']:.1f}s lr={metrics['lr']:.3g}", flush=True)
         if trainer.best_epoch == trainer.epoch:
             print(f"  saved new best (by {trainer.monitor}): val PSNR {metrics['val_psnr']:.2f}dB,"

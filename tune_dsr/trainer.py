@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tune_dsr.config import MONITOR_MODES, Config, ConfigError, score
 from tune_dsr.data import PairedFaces, augment_pair, to_float
 from tune_dsr.losses import TERMS, DSRLoss, Perceptual
-from tune_dsr.metrics import psnr, psnr_y, ssim
+from tune_dsr.metrics import psnr, psnr_y, recognition, ssim
 from tune_dsr.models.dsr import DSR, save_dsr
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         batch_size = self.config.train.batch_size
         sums = dict.fromkeys(("total", *TERMS, "psnr", "psnr_y", "ssim"), 0.0)
+        sr_embeddings, hr_embeddings = [], []
         for batch in torch.arange(len(self.val_set)).split(batch_size):
             vlr = self._to_device(self.val_set.vlr[batch])
             hr = self._to_device(self.val_set.hr[batch])
@@ -245,6 +246,8 @@ class Trainer:
                 sr = self.ema(vlr)
                 terms = self.loss(sr, hr, compute_all=True)
             sr = sr.float()
+            sr_embeddings.append(terms["sr_embedding"])
+            hr_embeddings.append(terms["hr_embedding"])
             values = [terms[k].float() * len(batch) for k in ("total", *TERMS)]
             values += [psnr(sr, hr).sum(), psnr_y(sr, hr).sum(), ssim(sr, hr).sum()]
             for name, value in zip(sums, torch.stack(values).tolist(), strict=True):
@@ -258,6 +261,10 @@ class Trainer:
                 raise TrainingDiverged(f"validation {name} is {value} at epoch {self.epoch + 1}; "
                                        "lower the learning rate")
         out["val_score"] = score(out["val_psnr"], out["val_identity_loss"])
+        # The guide's success metric on identities never seen in training (splits are by subject).
+        found = recognition(torch.cat(sr_embeddings), torch.cat(hr_embeddings),
+                            self.val_set.subject_index, self.config.train.recognition_threshold)
+        out.update({f"val_{name}": value for name, value in found.items()})
         return out
 
     def _track_best(self, metrics: dict[str, float]) -> bool:
