@@ -148,8 +148,13 @@ def history_frame(experiment: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def trials_frame(experiment: str, metric: str, mode: str, max_epochs: int | None = None
-                 ) -> pd.DataFrame:
+def _trials(experiment: str | list[TrialRecord]) -> list[TrialRecord]:
+    """An experiment's trials: read from its folder, or the records already read."""
+    return load_trials(experiment) if isinstance(experiment, str) else experiment
+
+
+def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
+                 max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial: best `metric` (over its epochs), the epoch it came at, epochs run, whether
     it was stopped early, its metrics at that epoch (``metric/...``) and config (``config/...``).
 
@@ -157,7 +162,7 @@ def trials_frame(experiment: str, metric: str, mode: str, max_epochs: int | None
     """
     if mode not in ("min", "max"):
         raise ConfigError(f"mode={mode!r} must be 'min' or 'max'")
-    trials = load_trials(experiment)
+    trials = _trials(experiment)
     full = max_epochs or max((int(t.config.get("epochs", 0)) for t in trials), default=0)
     rows = []
     for t in trials:
@@ -179,9 +184,9 @@ def trials_frame(experiment: str, metric: str, mode: str, max_epochs: int | None
                              ignore_index=True)
 
 
-def epochs_saved(experiment: str) -> dict[str, int]:
+def epochs_saved(experiment: str | list[TrialRecord]) -> dict[str, int]:
     """Epochs the search ran against epochs if every trial had run to the end."""
-    trials = load_trials(experiment)
+    trials = _trials(experiment)
     run = sum(t.epochs_run for t in trials)
     full = sum(int(t.config.get("epochs", t.epochs_run)) for t in trials)
     return {"trials": len(trials), "epochs_run": run, "epochs_full": full,

@@ -38,7 +38,7 @@ def best_config_document(experiment: str, metric: str | None = None, mode: str |
             raise ConfigError(f"{experiment} has no search plan to take the objective from; "
                               "pass --metric and --mode")
         metric, mode = metric or plan["metric"], mode or plan["mode"]
-    frame = trials_frame(experiment, metric, mode)
+    frame = trials_frame(trials, metric, mode)
     ranked = frame[frame["value"].notna()]
     if rank < 1 or rank > len(ranked):
         raise ConfigError(f"--rank {rank}: the experiment has {len(ranked)} trial(s) with a "
@@ -55,7 +55,7 @@ def best_config_document(experiment: str, metric: str | None = None, mode: str |
 
         searched_keys = [k for k in load_preset(plan["space"]).distributions()
                          if k not in plan["pins"]]
-    saved = epochs_saved(experiment)
+    saved = epochs_saved(trials)
     document: dict[str, Any] = config.to_dict()
     document["metrics"] = {k[len("metric/"):]: float(v) for k, v in row.items()
                            if k.startswith("metric/") and not _missing(v)}
