@@ -32,7 +32,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tune_dsr.data import PairedFaces, augment_pair, to_float
+from tune_dsr.augment import augment_pair
+from tune_dsr.data import PairedFaces, to_float
 from tune_dsr.synth import make_synthetic_dataset
 
 VLR_SIZE, HR_SIZE = 16, 112

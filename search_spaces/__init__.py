@@ -25,7 +25,8 @@ from typing import Any
 
 import optuna
 
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
+from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast")
 # What a preset may optimise: the validation metrics every epoch reports.

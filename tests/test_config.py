@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from tune_dsr.config import Config, ConfigError, score
+from tune_dsr.config import Config, score
+from tune_dsr.errors import ConfigError
 
 
 def test_defaults_are_the_guides():

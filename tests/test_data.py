@@ -12,15 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tune_dsr.data import (
-    DataError,
-    PairedFaces,
-    augment_pair,
-    check_split,
-    find_vlr_dir,
-    subject_of,
-    to_float,
-)
+from tune_dsr.augment import augment_pair
+from tune_dsr.data import PairedFaces, check_split, find_vlr_dir, subject_of, to_float
+from tune_dsr.errors import DataError
 from tune_dsr.synth import make_synthetic_dataset
 
 
@@ -68,8 +62,6 @@ def test_load_synthetic_split(synth: dict[str, Path]) -> None:
     # The tensors hold what the files hold.
     first = np.array(Image.open(synth["train"] / "hr_images" / data.names[0]))
     assert torch.equal(data.hr[0], torch.from_numpy(first).permute(2, 0, 1))
-    vlr, hr, subject = data[1]
-    assert vlr.shape == (3, 16, 16) and hr.shape == (3, 112, 112) and isinstance(subject, int)
     assert PairedFaces.load(synth["train"], vlr_size=32).vlr.shape[-1] == 32
 
 

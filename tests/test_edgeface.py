@@ -15,13 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from tune_dsr.models.edgeface import (
-    VARIANTS,
-    EdgeFaceError,
-    IdentityNet,
-    build_edgeface,
-    load_edgeface,
-)
+from tune_dsr.errors import EdgeFaceError
+from tune_dsr.models.checkpoints import load_edgeface
+from tune_dsr.models.edgeface import VARIANTS, IdentityNet, build_edgeface
 
 # Quantisation and TorchScript are deprecated in recent torch, yet real EdgeFace files use them.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning"),

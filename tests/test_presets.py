@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from search_spaces import BUILTIN, OBJECTIVES, load_preset
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
+from tune_dsr.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
+from tune_dsr.errors import ConfigError
 from tune_dsr.models.dsr import load_dsr
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 

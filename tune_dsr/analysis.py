@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from tune_dsr.config import ConfigError
+from tune_dsr.errors import ConfigError
 
 
 @dataclass

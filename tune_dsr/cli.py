@@ -7,14 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from tune_dsr.config import ConfigError
-from tune_dsr.data import DataError
-from tune_dsr.losses import PerceptualWeightsError
-from tune_dsr.models.edgeface import EdgeFaceError
-
-# Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataError, EdgeFaceError, PerceptualWeightsError, FileNotFoundError)
+from tune_dsr.errors import USER_ERRORS
 
 
 def setup_logging(debug: bool) -> None:

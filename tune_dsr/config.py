@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tune_dsr.errors import ConfigError
+
 __all__ = [
     "MONITOR_MODES",
     "Config",
@@ -29,10 +31,6 @@ __all__ = [
     "TrainConfig",
     "score",
 ]
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message says which and how to fix it."""
 
 
 # Metrics a run can select its best checkpoint by, and which direction is better.

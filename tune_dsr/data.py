@@ -9,16 +9,14 @@ wrong sizes) is found in one pass *before* the images are decoded, and reported 
 `DataError`: a run over a large set should not die on the third problem after fixing two.
 
 The decoded set lives in memory as uint8 tensors (four times smaller than float32, and plain
-tensors and lists only, so it pickles into Ray's object store). `augment_pair` applies the guide's
-shared augmentations to float batches on any device, with random numbers from a CPU generator so
-an epoch is reproducible and resumable.
+tensors and lists only, so it pickles into Ray's object store). The augmentations are
+`tune_dsr.augment`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
 import re
 import time
@@ -26,21 +24,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
+from tune_dsr.errors import ConfigError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
     "PairedFaces",
-    "augment_pair",
     "check_split",
     "find_vlr_dir",
     "load_pair_sets",
@@ -56,34 +53,12 @@ VLR_DIR = "vlr_images"
 _VLR_SIZED_RE = re.compile(r"^vlr_images_(\d+)x\1$")
 _LIST_LIMIT = 10  # names listed per problem before "and N more"
 
-# The guide's shared augmentations (see REFERENCE.md, Training).
-FLIP_P = 0.5
-ROTATE_P = 0.6
-MAX_DEGREES = 5.0
-JITTER_P = 0.25
-BRIGHTNESS = 0.05
-CONTRAST = 0.05
-SATURATION = 0.03
-
 _FIX_LAYOUT = ("point at a split folder that holds hr_images/ and vlr_images/ (or "
                "vlr_images_NxN/), for example one written by `python -m tune_dsr.synth --out DIR`")
 _FIX_PAIRS = ("every VLR image needs an HR image with the same file name, and every HR image a VLR "
               "image: add the missing counterparts or remove the extra files")
 _FIX_CORRUPT = ("replace or delete the unreadable files (export them again, or regenerate "
                 "synthetic data with `python -m tune_dsr.synth`)")
-
-
-class DataError(ValueError):
-    """Everything wrong with a split, found in one pass: the folder, one "- ..." line per problem
-    and how to fix them. `problems` holds the problem lines without the leading "- "."""
-
-    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.problems = list(problems)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Ray ships exceptions between processes; keep `problems` through pickling.
-        return (type(self), (str(self), self.problems))
 
 
 class _Problem(NamedTuple):
@@ -388,7 +363,7 @@ def _decode_all(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[tupl
 
 # ----------------------------------------------------------------------------- the dataset
 
-class PairedFaces(torch.utils.data.Dataset):
+class PairedFaces:
     """A split decoded once into memory: ``vlr`` uint8 [N,3,s,s], ``hr`` uint8 [N,3,H,H], the file
     ``names`` and per image ``subjects`` (ids) and ``subject_index`` (into ``unique_subjects``,
     the sorted ids). Plain tensors and lists only, so it pickles (Ray's object store)."""
@@ -453,10 +428,6 @@ class PairedFaces(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
-        """(VLR uint8 [3,s,s], HR uint8 [3,H,H], subject index)."""
-        return self.vlr[index], self.hr[index], int(self.subject_index[index])
-
     def __repr__(self) -> str:
         return (f"PairedFaces({len(self)} pairs, {len(self.unique_subjects)} subjects, "
                 f"vlr {self.vlr_size}px, hr {self.hr_size}px, from {self.split_dir or '?'})")
@@ -469,81 +440,6 @@ def to_float(images_uint8: Tensor) -> Tensor:
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"to_float expects uint8 images, but got {images_uint8.dtype}")
     return images_uint8.to(torch.float32).div_(255.0)
-
-
-def _grey(images: Tensor) -> Tensor:
-    """ITU-R BT.601 luma, [B,1,h,w]: the grey level contrast and saturation are taken around."""
-    r, g, b = images.unbind(1)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
-
-
-def _per_sample(values: Tensor) -> Tensor:
-    return values.view(-1, 1, 1, 1)
-
-
-def _apply(images: Tensor, flip: Tensor, rotate: Tensor, angle: Tensor, jitter: Tensor,
-           factors: Tensor) -> Tensor:
-    """One size of the pair; the masks and parameters are [B] CPU tensors shared by both sizes."""
-    device = images.device
-    out = torch.where(_per_sample(flip.to(device)), images.flip(-1), images)
-
-    rows = rotate.nonzero().squeeze(1)
-    if rows.numel():
-        # Rotation about the centre in normalised coordinates: the same angle on either size
-        # (the images are square, so normalised and pixel angles agree).
-        cos, sin = angle[rows].cos(), angle[rows].sin()
-        theta = torch.zeros(rows.numel(), 2, 3, dtype=torch.float32)
-        theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
-        theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-        rows_dev = rows.to(device)
-        selected = out.index_select(0, rows_dev)
-        grid = F.affine_grid(theta.to(device=device, dtype=out.dtype), list(selected.shape),
-                             align_corners=False)
-        rotated = F.grid_sample(selected, grid, mode="bilinear", padding_mode="border",
-                                align_corners=False)
-        out = out.index_copy(0, rows_dev, rotated)
-
-    rows = jitter.nonzero().squeeze(1)
-    if rows.numel():
-        rows_dev = rows.to(device)
-        f = factors[rows].to(device=device, dtype=out.dtype)
-        x = out.index_select(0, rows_dev)
-        x = (x * _per_sample(f[:, 0])).clamp(0.0, 1.0)  # brightness
-        mean = _grey(x).mean(dim=(-2, -1), keepdim=True)
-        x = ((x - mean) * _per_sample(f[:, 1]) + mean).clamp(0.0, 1.0)  # contrast
-        grey = _grey(x)
-        x = ((x - grey) * _per_sample(f[:, 2]) + grey).clamp(0.0, 1.0)  # saturation
-        out = out.index_copy(0, rows_dev, x)
-    return out.clamp(0.0, 1.0)
-
-
-def augment_pair(vlr: Tensor, hr: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The guide's augmentations, the same per pair on both sizes: horizontal flip (p 0.5),
-    rotation uniform in ±5° (p 0.6, border padding), colour jitter (p 0.25: brightness and contrast
-    ±5 %, saturation ±3 %). Returns new tensors clamped to [0, 1].
-
-    `vlr` [B,3,s,s] and `hr` [B,3,H,H] are float batches in [0, 1] on any device. The random
-    numbers come from `generator`, a CPU generator, and a call always draws the same amount
-    (7 numbers per sample), so a run seeded per epoch is reproducible and resumable.
-    """
-    for label, images in (("vlr", vlr), ("hr", hr)):
-        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"{label} must be a float batch [B, 3, h, w], but got "
-                             f"{images.dtype} {list(images.shape)}")
-    if vlr.shape[0] != hr.shape[0]:
-        raise ValueError(f"vlr and hr batches differ in size: {vlr.shape[0]} vs {hr.shape[0]}")
-    if generator.device.type != "cpu":
-        raise ValueError(f"augment_pair needs a CPU torch.Generator (reproducible on any "
-                         f"device), but got one on {generator.device}")
-    batch = vlr.shape[0]
-    u = torch.rand(batch, 7, generator=generator)
-    flip = u[:, 0] < FLIP_P
-    rotate = u[:, 1] < ROTATE_P
-    angle = (2.0 * u[:, 2] - 1.0) * math.radians(MAX_DEGREES)
-    jitter = u[:, 3] < JITTER_P
-    factors = 1.0 + (2.0 * u[:, 4:7] - 1.0) * torch.tensor([BRIGHTNESS, CONTRAST, SATURATION])
-    return (_apply(vlr, flip, rotate, angle, jitter, factors),
-            _apply(hr, flip, rotate, angle, jitter, factors))
 
 
 def load_pair_sets(config: Config, infer_vlr_size: bool = False

@@ -16,7 +16,8 @@ from typing import Any
 
 from tune_dsr.analysis import _filesystem, epochs_saved, load_trials, read_text, trials_frame
 from tune_dsr.cli import add_debug_flag, run_cli
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
+from tune_dsr.errors import ConfigError
 
 
 def _search_plan(experiment: str) -> dict[str, Any] | None:

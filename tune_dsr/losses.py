@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tune_dsr.config import LossConfig
+from tune_dsr.errors import PerceptualWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ VGG19_IMAGENET_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_IMAGENET_URL = "https://download.pytorch.org/models/" + VGG19_IMAGENET_FILE
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class PerceptualWeightsError(ValueError):
-    """The perceptual loss's VGG19 weights cannot be had; the message says how to provide them."""
 
 
 def _vgg19_trunk() -> nn.Sequential:
@@ -187,7 +184,7 @@ def load_loss_networks(edgeface: str, perceptual_weights: str) -> tuple[nn.Modul
     Random networks (``random:<variant>``, ``random``) are drawn from a fixed seed, so every trial
     of a search and the final run are measured by the same network.
     """
-    from tune_dsr.models.edgeface import load_edgeface
+    from tune_dsr.models.checkpoints import load_edgeface
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tune_dsr.errors import SynthError
+
 __all__ = ["SPLITS", "SynthError", "main", "make_synthetic_dataset"]
 
 logger = logging.getLogger(__name__)
@@ -64,10 +66,6 @@ _EYE_COLOURS: tuple[_RGB, ...] = (
 )
 _SKIN_LIGHT = np.array([250, 222, 196], dtype=np.float64)
 _SKIN_DARK = np.array([104, 66, 42], dtype=np.float64)
-
-
-class SynthError(ValueError):
-    """An argument `make_synthetic_dataset` cannot work with; the message names it and the rule."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tune_dsr.cli import add_debug_flag, run_cli
-from tune_dsr.config import Config, ConfigError
+from tune_dsr.config import Config
 from tune_dsr.data import load_pair_sets
+from tune_dsr.errors import ConfigError
 from tune_dsr.losses import load_loss_networks
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged
 

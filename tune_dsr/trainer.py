@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tune_dsr.config import MONITOR_MODES, Config, ConfigError, score
-from tune_dsr.data import PairedFaces, augment_pair, to_float
+from tune_dsr.augment import augment_pair
+from tune_dsr.config import MONITOR_MODES, Config, score
+from tune_dsr.data import PairedFaces, to_float
+from tune_dsr.errors import ConfigError
 from tune_dsr.losses import TERMS, DSRLoss, Perceptual
 from tune_dsr.metrics import psnr, psnr_y, recognition, ssim
 from tune_dsr.models.dsr import DSR, save_dsr

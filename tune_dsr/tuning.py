@@ -24,7 +24,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_dsr.config import ConfigError
+from tune_dsr.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

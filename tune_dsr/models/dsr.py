@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tune_dsr.config import Config, ConfigError, ModelConfig
+from tune_dsr.config import Config, ModelConfig
+from tune_dsr.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -91,27 +94,139 @@ def save_dsr(path: str | Path, model: nn.Module, config: Config, metrics: dict[s
                 "model_state_dict": model.state_dict(), "metrics": dict(metrics)}, path)
 
 
+DSR_FORMAT = "tune_dsr.dsr/1"
+# Written by the trainer (`last.pt`) and by each Tune trial checkpoint (`state.pt`).
+TRAINER_STATE_FORMAT = "tune_dsr.trainer_state/1"
+_FIX = ("pass best.pt or last.pt written by `python -m tune_dsr.train`, or a Tune trial "
+        "checkpoint folder (checkpoint_NNNNNN/ holding state.pt)")
+
+
+@dataclass(frozen=True)
+class DSRCheckpoint:
+    """What a DSR checkpoint holds, read without building the network: the file `path`, its
+    `config`, the `state_dict` to load (the EMA weights where the file has them: `weights` says
+    "ema" or "model"), its `metrics`, `epoch` and `format`."""
+
+    path: Path
+    config: Config
+    state_dict: dict[str, Tensor]
+    metrics: dict[str, Any]
+    epoch: int | None
+    weights: str
+    format: str
+
+
+def resolve_dsr_path(path: str | Path) -> Path:
+    """The checkpoint file behind `path`: the file itself; in a folder its ``state.pt`` (a Tune
+    trial checkpoint) or ``best.pt``; in a Tune trial folder its newest ``checkpoint_*/state.pt``.
+    Raises CheckpointError if there is none."""
+    given = Path(path).expanduser()
+    resolved = given.resolve()
+    if resolved.is_file():
+        return resolved
+    if not resolved.exists():
+        raise CheckpointError(f"DSR checkpoint {resolved} does not exist (given as "
+                              f"{str(path)!r}); {_FIX}.")
+    for name in ("state.pt", "best.pt"):
+        if (resolved / name).is_file():
+            return resolved / name
+    trial = sorted((p for p in resolved.glob("checkpoint_*") if (p / "state.pt").is_file()),
+                   key=lambda p: (len(p.name), p.name))
+    if trial:
+        logger.info("%s is a Tune trial folder: using its newest checkpoint %s", resolved,
+                    trial[-1].name)
+        return trial[-1] / "state.pt"
+    raise CheckpointError(f"the folder {resolved} holds no DSR checkpoint (no state.pt, best.pt "
+                          f"or checkpoint_*/state.pt); {_FIX}.")
+
+
+def _unsafe_global(exc: BaseException) -> str | None:
+    """The global a `weights_only` load refused (torch names it in its message), if any."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if match:
+        return match.group(1)
+    return "a Python object" if "weights_only" in str(exc) or "Unsupported" in str(exc) else None
+
+
+def read_dsr_checkpoint(path: str | Path,
+                        map_location: str | torch.device = "cpu") -> DSRCheckpoint:
+    """Read a DSR checkpoint safely: only tensors and plain data are ever unpickled
+    (``weights_only=True``), so a file that would run code is refused, never run.
+
+    Accepts `save_dsr` files (``best.pt``) and trainer states (``last.pt``, a Tune trial's
+    ``state.pt`` or its folder), whose EMA weights are preferred. Raises CheckpointError naming
+    the file, what is wrong with it and the fix.
+    """
+    file = resolve_dsr_path(path)
+    try:
+        data = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load raises many types on foreign or damaged files
+        unsafe = _unsafe_global(exc)
+        if unsafe is not None:
+            raise CheckpointError(
+                f"{file} holds Python objects other than tensors and plain data (it references "
+                f"{unsafe}); refusing to unpickle it, since that could run code from the file. "
+                f"A tune_dsr DSR checkpoint never does: {_FIX}.") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{file} is not a PyTorch checkpoint that can be read ({reason}); "
+                              f"{_FIX}.") from exc
+    if not isinstance(data, dict) or "config" not in data or not (
+            "model_state_dict" in data or "ema_state_dict" in data):
+        keys = ", ".join(map(str, list(data)[:8])) if isinstance(data, dict) else \
+            type(data).__name__
+        raise CheckpointError(f"{file} is a PyTorch file but not a tune_dsr DSR checkpoint (it "
+                              f"holds {keys or 'nothing'}; a DSR checkpoint has 'config' and "
+                              f"'model_state_dict'); {_FIX}.")
+    fmt = str(data.get("format", DSR_FORMAT))
+    if fmt not in (DSR_FORMAT, TRAINER_STATE_FORMAT):
+        raise CheckpointError(f"{file} has format {fmt!r}, which this version cannot read "
+                              f"(expected {DSR_FORMAT!r} or {TRAINER_STATE_FORMAT!r}); {_FIX}.")
+    if not isinstance(data["config"], dict):
+        raise CheckpointError(f"{file}: its 'config' is not a dict; {_FIX}.")
+    try:
+        config = Config.from_dict(data["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{file} holds a config this version cannot use: {exc}") from None
+    weights = "ema" if isinstance(data.get("ema_state_dict"), dict) else "model"
+    state = data["ema_state_dict" if weights == "ema" else "model_state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{file} holds no DSR weights ({weights}_state_dict is not a dict "
+                              f"of tensors); {_FIX}.")
+    if fmt == DSR_FORMAT:
+        weights = "ema"  # save_dsr is given the EMA network by the trainer
+    epoch = data.get("epoch")
+    metrics = data.get("metrics") or data.get("best_metrics") or {}
+    return DSRCheckpoint(file, config, state, dict(metrics) if isinstance(metrics, dict) else {},
+                         int(epoch) if isinstance(epoch, int) else None, weights, fmt)
+
+
+def build_dsr(checkpoint: DSRCheckpoint) -> DSR:
+    """The network a `DSRCheckpoint` describes, with its weights, in eval mode."""
+    model = DSR(checkpoint.config.model)
+    try:
+        model.load_state_dict(checkpoint.state_dict)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise CheckpointError(
+            f"{checkpoint.path}: its weights do not fit the DSR its config describes "
+            f"(vlr_size={checkpoint.config.model.vlr_size}, width={checkpoint.config.model.width},"
+            f" depth={checkpoint.config.model.depth}): {detail}. The file is damaged or was "
+            f"edited; {_FIX}.") from None
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"{checkpoint.path} holds NaN or infinite weights in "
+                              f"{len(broken)} tensors ({', '.join(broken[:4])}); the training "
+                              "diverged or the file is damaged: use another checkpoint.")
+    return model.eval()
+
+
 def load_dsr(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[DSR, Config,
                                                                                     dict[str, Any]]:
     """Load a DSR checkpoint written by `save_dsr` (or a trainer state), safely.
 
-    Returns the network in eval mode, its config and the checkpoint's metrics.
+    Returns the network in eval mode (EMA weights where the file has them), its config and the
+    checkpoint's metrics. Raises CheckpointError for a missing, unsafe or foreign file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DSR checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path} is not a DSR checkpoint that can be read safely ({exc}); "
-                          "use one written by tune_dsr.train") from exc
-    if not isinstance(data, dict) or "config" not in data:
-        raise ConfigError(f"{path} is not a tune_dsr DSR checkpoint (no 'config' entry); "
-                          "use best.pt or last.pt written by tune_dsr.train")
-    config = Config.from_dict(data["config"])
-    state = data.get("model_state_dict") or data.get("ema_state_dict")
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path} holds no DSR weights (model_state_dict)")
-    model = DSR(config.model)
-    model.load_state_dict(state)
-    return model.eval(), config, dict(data.get("metrics", {}))
+    checkpoint = read_dsr_checkpoint(path, map_location)
+    return build_dsr(checkpoint).to(map_location), checkpoint.config, checkpoint.metrics

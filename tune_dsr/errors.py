@@ -1,0 +1,60 @@
+"""The user-input errors: each means "what you gave is wrong", says where and how to fix it.
+
+Every command line prints one of these as one paragraph and exits 2 (``tune_dsr.cli``). This
+module imports nothing but the standard library, so a CLI can name them, and answer a bad flag,
+without waiting for torch or Ray to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "USER_ERRORS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EdgeFaceError",
+    "PerceptualWeightsError",
+    "SynthError",
+]
+
+
+class ConfigError(ValueError):
+    """A config key, flag or value that cannot be used; the message says which and the fix."""
+
+
+class DataError(ValueError):
+    """Everything wrong with a split, found in one pass: the folder, one "- ..." line per problem
+    and how to fix them. `problems` holds the problem lines without the leading "- "."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray ships exceptions between processes; keep `problems` through pickling.
+        return (type(self), (str(self), self.problems))
+
+
+class EdgeFaceError(ValueError):
+    """An EdgeFace checkpoint or variant that cannot be used, with what is wrong and the fix."""
+
+
+class PerceptualWeightsError(ValueError):
+    """The perceptual loss's VGG19 weights cannot be had; the message says how to provide them."""
+
+
+class CheckpointError(ValueError):
+    """A DSR checkpoint that cannot be used: missing, unreadable, unsafe, or for other data."""
+
+
+class SynthError(ValueError):
+    """An argument `make_synthetic_dataset` cannot work with; the message names it and the rule."""
+
+
+# Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataError, EdgeFaceError, PerceptualWeightsError, CheckpointError, SynthError,
+    FileNotFoundError)
