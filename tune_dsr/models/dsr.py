@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import pickletools
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,12 +142,49 @@ def resolve_dsr_path(path: str | Path) -> Path:
                           f"or checkpoint_*/state.pt); {_FIX}.")
 
 
-def _unsafe_global(exc: BaseException) -> str | None:
-    """The global a `weights_only` load refused (torch names it in its message), if any."""
+# Globals a weights-only load accepts anyway (torch's tensor rebuilders and their containers).
+_PLAIN_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set",
+                  "builtins.frozenset", "builtins.bytearray", "builtins.slice", "builtins.complex")
+
+
+def _pickled_globals(file: Path) -> list[str]:
+    """The globals (importable names) a pickle references, found by parsing its opcodes with
+    `pickletools`, which never builds or runs anything. [] for a file that is not a pickle."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(file, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, OSError, UnicodeDecodeError):
+        pass  # not (all) a pickle: report what was found before the garbage
+    return names
+
+
+def _unsafe_global(exc: BaseException, file: Path) -> str | None:
+    """The code-running global that made a `weights_only` load fail, if that was the reason:
+    torch names it in its message for zip checkpoints; a plain pickle's opcodes are parsed."""
     match = re.search(r"GLOBAL ([\w.]+)", str(exc))
     if match:
         return match.group(1)
-    return "a Python object" if "weights_only" in str(exc) or "Unsupported" in str(exc) else None
+    foreign = [n for n in dict.fromkeys(_pickled_globals(file)) if not n.startswith(_PLAIN_GLOBALS)]
+    return ", ".join(foreign[:3]) if foreign else None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short why for a failed load; never torch's advice to turn `weights_only` off."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif "weights_only" in text:
+        text = ""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return f"{type(exc).__name__}: {line[:120]}" if line else type(exc).__name__
 
 
 def read_dsr_checkpoint(path: str | Path,
@@ -159,15 +198,18 @@ def read_dsr_checkpoint(path: str | Path,
     """
     file = resolve_dsr_path(path)
     try:
-        data = torch.load(file, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle draws a protocol warning before the refusal that matters.
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            data = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types on foreign or damaged files
-        unsafe = _unsafe_global(exc)
+        unsafe = _unsafe_global(exc, file)
         if unsafe is not None:
             raise CheckpointError(
                 f"{file} holds Python objects other than tensors and plain data (it references "
                 f"{unsafe}); refusing to unpickle it, since that could run code from the file. "
                 f"A tune_dsr DSR checkpoint never does: {_FIX}.") from exc
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = _reason(exc)
         raise CheckpointError(f"{file} is not a PyTorch checkpoint that can be read ({reason}); "
                               f"{_FIX}.") from exc
     if not isinstance(data, dict) or "config" not in data or not (
@@ -186,7 +228,23 @@ def read_dsr_checkpoint(path: str | Path,
     try:
         config = Config.from_dict(data["config"])
     except ConfigError as exc:
-        raise CheckpointError(f"{file} holds a config this version cannot use: {exc}") from None
+        # Only the network's shape matters for loading: a loss or training setting renamed by a
+        # later version must not make older checkpoints unreadable.
+        model_section = data["config"].get("model")
+        try:
+            config = Config.from_dict({"model": model_section if isinstance(model_section, dict)
+                                       else {}})
+        except ConfigError:
+            raise CheckpointError(f"{file} holds a model config this version cannot use: "
+                                  f"{exc}") from exc
+        if not isinstance(model_section, dict):
+            raise CheckpointError(f"{file} holds no model config ('config' has no 'model' "
+                                  f"section); {_FIX}.") from exc
+        logger.warning("%s: its config is from another tune_dsr version (%s); using only its "
+                       "model section", file, exc)
+    if config.model.vlr_size is None:
+        raise CheckpointError(f"{file} names no VLR size (config model.vlr_size is null), so "
+                              f"its network cannot be built; {_FIX}.")
     weights = "ema" if isinstance(data.get("ema_state_dict"), dict) else "model"
     state = data["ema_state_dict" if weights == "ema" else "model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
