@@ -4,7 +4,8 @@ A preset module defines
 
 - ``space(trial)``: a define-by-run Optuna function; it only calls ``trial.suggest_*`` with config
   keys (see ``tune_dsr.config``) and returns a dict of fixed settings;
-- ``METRIC`` and ``MODE``: the objective (a validation metric the trainer reports, "min"/"max");
+- ``METRIC``: the objective, a validation metric the trainer reports (`tune_dsr.config.METRICS`,
+  which also says whether higher or lower is better; an optional ``MODE`` must agree with it);
 - ``GUIDE``: the guide's own values for the preset, run as the first trial;
 - optionally ``DESCRIPTION``, ``MAX_EPOCHS`` (default 100) and ``GRACE_PERIOD`` (default 10).
 
@@ -25,14 +26,10 @@ from typing import Any
 
 import optuna
 
-from tune_dsr.config import Config
+from tune_dsr.config import METRICS, Config
 from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast")
-# What a preset may optimise: the validation metrics every epoch reports.
-OBJECTIVES = ("val_identity_loss", "val_psnr", "val_score", "val_loss", "val_psnr_y", "val_ssim",
-              "val_feature_match_loss", "val_l1_loss", "val_perceptual_loss", "val_accuracy",
-              "val_rank1", "val_unknown_rate")
 
 
 @dataclass(frozen=True)
@@ -113,20 +110,22 @@ def load_preset(name_or_path: str) -> Preset:
     """A built-in preset by name, or a user's preset file; checked before any trial starts."""
     module = _load_module(name_or_path)
     where = f"search space {name_or_path!r}"
-    missing = [n for n in ("space", "METRIC", "MODE") if not hasattr(module, n)]
+    missing = [n for n in ("space", "METRIC") if not hasattr(module, n)]
     if missing:
-        raise ConfigError(f"{where} lacks {', '.join(missing)}; a preset defines space(trial), "
-                          "METRIC and MODE (see search_spaces/recognition_first.py)")
+        raise ConfigError(f"{where} lacks {', '.join(missing)}; a preset defines space(trial) "
+                          "and METRIC (see search_spaces/recognition_first.py)")
     if not callable(module.space):
         raise ConfigError(f"{where}: space must be a function space(trial) -> dict")
-    if module.METRIC not in OBJECTIVES:
+    if module.METRIC not in METRICS:
         raise ConfigError(f"{where}: METRIC={module.METRIC!r} is not a reported metric; choose "
-                          f"one of {', '.join(OBJECTIVES)}")
-    if module.MODE not in ("min", "max"):
-        raise ConfigError(f"{where}: MODE={module.MODE!r} must be 'min' or 'max'")
+                          f"one of {', '.join(METRICS)}")
+    mode = METRICS[module.METRIC]
+    if getattr(module, "MODE", mode) != mode:
+        raise ConfigError(f"{where}: MODE={module.MODE!r} contradicts {module.METRIC}, for which "
+                          f"{'higher' if mode == 'max' else 'lower'} is better; drop MODE")
     preset = Preset(
         name=Path(name_or_path).stem, space=module.space, metric=module.METRIC,
-        mode=module.MODE, guide=dict(getattr(module, "GUIDE", {})),
+        mode=mode, guide=dict(getattr(module, "GUIDE", {})),
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().split("\n")[0]),
         max_epochs=int(getattr(module, "MAX_EPOCHS", 100)),
         grace_period=int(getattr(module, "GRACE_PERIOD", 10)))

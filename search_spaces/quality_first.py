@@ -9,7 +9,6 @@ from typing import Any
 
 DESCRIPTION = "prioritise image quality: maximise val PSNR"
 METRIC = "val_psnr"
-MODE = "max"
 MAX_EPOCHS = 100
 GRACE_PERIOD = 10
 GUIDE = {"lambda_l1": 1.5, "lambda_perceptual": 0.04, "lambda_identity": 0.40}
@@ -27,4 +26,4 @@ def space(trial: Any) -> dict[str, Any]:
     trial.suggest_categorical("width", [96, 112, 128])
     trial.suggest_int("depth", 12, 20, step=2)
     trial.suggest_categorical("bicubic_residual", [False, True])
-    return {"multiscale_perceptual": True}
+    return {}

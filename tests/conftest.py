@@ -1,21 +1,56 @@
-"""Shared fixtures: tiny synthetic faces, tiny configs, fixed random loss networks, one Ray."""
+"""Shared fixtures: in-memory faces and a boring identity network for the unit tests; synthetic
+face files, the real (random) EdgeFace and VGG19, one Ray and one finished search for the
+integration tests."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from tests.helpers import BoringIdentityNet, memory_faces
+from tune_dsr import demo
 from tune_dsr.config import Config
 
-# Tests are CPU-only and small; more threads than cores only slows two-core CI down.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests are CPU-only and small. One intra-op thread: with two, every small parallel op waits for
+# a thread the other busy core has descheduled (a tiny epoch took 10x longer under load), and Ray
+# trials and subprocesses use the other core anyway.
+torch.set_num_threads(1)
 
-TINY = {"vlr_size": 16, "width": 8, "depth": 1, "batch_size": 4, "epochs": 2, "warmup_epochs": 1,
-        "lr": 1e-3, "edgeface": "random:edgeface_xxs", "perceptual_weights": "random",
-        "device": "cpu"}
+# The unit tests' run: 8 px -> 32 px faces in memory, a one-block DSR, the boring identity net.
+UNIT = {"vlr_size": 8, "hr_size": 32, "width": 8, "depth": 1, "batch_size": 4, "epochs": 2,
+        "warmup_epochs": 1, "lr": 1e-3, "device": "cpu"}
+# The integration tests' smallest run on synthetic face files (16 px -> 112 px), real networks.
+TINY = demo.TINY
+# The end-to-end search's length, and the knobs it pins: bicubic_residual on, since without it a
+# new net starts mid-grey and its first epochs look so bad that every later trial beats it, which
+# would leave ASHA nothing to stop.
+SEARCH_EPOCHS = 4
+SEARCH_PINS = {"width": 8, "depth": 1, "batch_size": 4, "bicubic_residual": True}
+
+
+@pytest.fixture(scope="session")
+def memory_sets():
+    """Training (6 subjects) and validation (2 other subjects) faces, 3 each, in memory."""
+    train = memory_faces([f"{i:04d}" for i in range(6)], 3, seed=0)
+    val = memory_faces(["0100", "0101"], 3, seed=1)
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def boring_nets():
+    """(identity network, VGG19 trunk): the boring net and a random VGG (cheap at 32 px)."""
+    from tune_dsr.losses import build_vgg
+
+    torch.manual_seed(0)
+    return BoringIdentityNet(), build_vgg("random")
+
+
+@pytest.fixture
+def unit_config() -> Config:
+    return Config().replace(**UNIT)
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +79,11 @@ def tiny_config(synthetic_root: Path) -> Config:
 
 @pytest.fixture(scope="session")
 def loss_nets():
+    """The real networks (random weights): EdgeFace xxs and VGG19 up to relu4_4."""
     from tune_dsr.losses import load_loss_networks
 
-    return load_loss_networks("random:edgeface_xxs", "random")
+    return load_loss_networks(demo.RANDOM_NETWORKS["edgeface"],
+                              demo.RANDOM_NETWORKS["perceptual_weights"])
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +94,32 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def search_options(root: Path, **overrides: Any) -> Any:
+    """SearchOptions of a tiny recognition_first search on the synthetic faces under `root`."""
+    from tune_dsr.tuning import SearchOptions
+
+    values: dict[str, Any] = {
+        "space": "recognition_first", "train_dir": str(root / "train_processed"),
+        "val_dir": str(root / "val_processed"), **demo.RANDOM_NETWORKS, "pins": SEARCH_PINS,
+        "seed": 7}
+    return SearchOptions(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def finished_search(ray_session, synthetic_root, tmp_path_factory) -> dict[str, Any]:
+    """Six trials of up to 4 epochs, ASHA stopping some; the first trial after the guide's to
+    start diverges (a real NaN) in epoch 1 on every run, so it fails alone. Shared by the search,
+    export, analysis and notebook tests."""
+    from search_spaces import load_preset
+    from tests.helpers import run_poisoned_search
+
+    guide = load_preset("recognition_first").first_config()
+    options = search_options(synthetic_root, name="e2e", num_samples=6,
+                             max_epochs=SEARCH_EPOCHS, grace_period=1, reduction_factor=2,
+                             max_concurrent=2, max_failures=1)
+    return run_poisoned_search(tmp_path_factory.mktemp("tune"), tmp_path_factory.mktemp("marks"),
+                               options, {0: (1, True)},
+                               spare={"lambda_identity": guide["lambda_identity"],
+                                      "lr": guide["lr"]})

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tune_dsr.config import Config, score
+from tune_dsr.config import METRICS, PERCEPTUAL_LAYERS, Config, direction, score
 from tune_dsr.errors import ConfigError
 
 
@@ -14,7 +14,10 @@ def test_defaults_are_the_guides():
             c.loss.lambda_feature_match, c.loss.lambda_tv) == (1.0, 0.02, 0.5, 0.15, 3e-6)
     assert (c.train.grad_clip, c.train.ema_decay, c.train.warmup_epochs,
             c.train.early_stop_patience, c.train.seed) == (1.0, 0.999, 5, 20, 42)
-    assert c.loss.multiscale_perceptual and c.loss.perceptual_layer_weights == (0.4, 0.3, 0.2, 0.1)
+    assert c.loss.perceptual_layers == {"relu1_2": 0.4, "relu2_2": 0.3, "relu3_4": 0.2,
+                                        "relu4_4": 0.1}
+    assert c.model.vlr_size is None  # read off the data
+    assert c.train.monitor == "val_margin"  # README, "Choosing the best epoch"
     assert (c.model.hr_size, c.model.width, c.model.depth, c.model.bicubic_residual) == (
         112, 112, 16, False)
 
@@ -46,8 +49,11 @@ def test_int_accepted_for_float_and_given_dict_not_mutated():
     ({"batch_size": 2.5}, ["batch_size=2.5", "integer"]),
     ({"augment": "yes"}, ["augment='yes'", "true or false"]),
     ({"vlr_size": 128}, ["vlr_size=128", "[8, 64]"]),
-    ({"monitor": "accuracy"}, ["monitor='accuracy'", "val_psnr"]),
-    ({"perceptual_layer_weights": [1, 2]}, ["perceptual_layer_weights", "exactly 4"]),
+    ({"monitor": "accuracy"}, ["monitor='accuracy'", "val_margin", "val_psnr"]),
+    ({"perceptual_layers": {"relu5_4": 1.0}}, ["perceptual_layers", "relu5_4", "relu4_4"]),
+    ({"perceptual_layers": {"relu1_2": -1}}, ["perceptual_layers", "non-negative"]),
+    ({"perceptual_layers": {"relu1_2": True}}, ["perceptual_layers.relu1_2=True", "number"]),
+    ({"perceptual_layers": [0.4, 0.6]}, ["perceptual_layers", "object of names"]),
     ({"ema_decay": 1.0}, ["ema_decay=1.0", "below 1"]),
 ])
 def test_bad_values_name_key_value_and_rule(raw, words):
@@ -72,4 +78,22 @@ def test_bad_json_file_names_the_file(tmp_path):
 def test_provenance_is_ignored_and_score_is_documented():
     c = Config.from_dict({"provenance": {"trial_id": "x"}, "metrics": {}, "lr": 1e-4})
     assert c.train.lr == 1e-4
-    assert score(30.0, 0.1) == pytest.approx(28.0)
+    assert score(30.0, 0.02) == pytest.approx(32.0)  # 1 dB for 0.01 of margin gain
+    assert score(30.0, -0.01) == pytest.approx(29.0)
+
+
+def test_metric_registry_directions():
+    assert direction("val_margin") == "max" and direction("val_identity_loss") == "min"
+    assert all(METRICS[m] == "min" for m in METRICS if m.endswith("_loss"))
+    assert direction("val_unknown_rate") == "min"
+    with pytest.raises(ConfigError, match=r"'val_margn'.*Did you mean 'val_margin'"):
+        direction("val_margn")
+
+
+def test_perceptual_layers_from_json_and_by_flat_key(tmp_path):
+    layers = {"relu1_2": 0.5, "relu3_4": 0.5}
+    config = Config().replace(perceptual_layers=layers)
+    path = tmp_path / "c.json"
+    config.to_json(path)
+    assert Config.from_json(path).loss.perceptual_layers == layers
+    assert set(PERCEPTUAL_LAYERS) >= set(Config().loss.perceptual_layers)

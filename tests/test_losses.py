@@ -1,15 +1,12 @@
+"""The five loss terms: unit tests on the boring identity network at 32 px, and the real EdgeFace
+and VGG19 (random weights) in the integration tests at 112 px."""
+
 import pytest
 import torch
 
 from tune_dsr.config import LossConfig, ModelConfig
-from tune_dsr.losses import (
-    TERMS,
-    DSRLoss,
-    Perceptual,
-    PerceptualWeightsError,
-    build_vgg,
-    total_variation,
-)
+from tune_dsr.errors import PerceptualWeightsError
+from tune_dsr.losses import TERMS, DSRLoss, Perceptual, build_vgg, total_variation
 from tune_dsr.models.dsr import DSR
 
 
@@ -30,10 +27,10 @@ class CountingCalls(torch.nn.Module):
         return self.net(x)
 
 
-def _dsr_and_batch():
+def _dsr_and_batch(hr_size: int = 32):
     torch.manual_seed(0)
-    model = DSR(ModelConfig(vlr_size=16, width=8, depth=1))
-    vlr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 112, 112)
+    model = DSR(ModelConfig(vlr_size=8, hr_size=hr_size, width=8, depth=1))
+    vlr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, hr_size, hr_size)
     return model, vlr, hr
 
 
@@ -44,9 +41,9 @@ def _only(term: str) -> LossConfig:
 
 
 @pytest.mark.parametrize("term", ["identity", "feature_match"])
-def test_identity_and_feature_match_alone_train_dsr(term, loss_nets):
+def test_identity_and_feature_match_alone_train_dsr(term, boring_nets):
     """The original's defects 1 and 2: these terms sent no gradient (no_grad, detached hooks)."""
-    identity_net, vgg = loss_nets
+    identity_net, vgg = boring_nets
     model, vlr, hr = _dsr_and_batch()
     loss = DSRLoss(_only(term), identity_net, Perceptual(vgg, _only(term)))
     terms = loss(model(vlr), hr)
@@ -58,17 +55,17 @@ def test_identity_and_feature_match_alone_train_dsr(term, loss_nets):
     assert model.head.weight.grad.abs().sum() > 0  # reaches the first layer
 
 
-def test_perceptual_alone_trains_dsr(loss_nets):
-    identity_net, vgg = loss_nets
+def test_perceptual_alone_trains_dsr(boring_nets):
+    identity_net, vgg = boring_nets
     model, vlr, hr = _dsr_and_batch()
     cfg = _only("perceptual")
     DSRLoss(cfg, identity_net, Perceptual(vgg, cfg))(model(vlr), hr)["total"].backward()
     assert model.head.weight.grad.abs().sum() > 0
 
 
-def test_each_network_runs_once_on_sr_with_grad_and_once_on_hr_without(loss_nets):
+def test_each_network_runs_once_on_sr_with_grad_and_once_on_hr_without(boring_nets):
     """The original's defect 3: EdgeFace ran four times per step."""
-    identity_net, vgg = loss_nets
+    identity_net, vgg = boring_nets
     counted_id = CountingCalls(identity_net)
     perceptual = Perceptual(vgg, LossConfig())
     counted_vgg = CountingCalls(perceptual.slices[0])
@@ -79,14 +76,14 @@ def test_each_network_runs_once_on_sr_with_grad_and_once_on_hr_without(loss_nets
     assert (counted_vgg.with_grad, counted_vgg.without_grad) == (1, 1)
 
 
-def test_terms_and_weighted_total(loss_nets):
-    identity_net, vgg = loss_nets
+def test_terms_and_weighted_total(boring_nets):
+    identity_net, vgg = boring_nets
     cfg = LossConfig(lambda_l1=2.0, lambda_perceptual=0.5, lambda_identity=0.3,
                      lambda_feature_match=0.2, lambda_tv=0.1)
-    sr, hr = torch.rand(2, 3, 112, 112), torch.rand(2, 3, 112, 112)
+    sr, hr = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     terms = DSRLoss(cfg, identity_net, Perceptual(vgg, cfg))(sr, hr)
     assert set(terms) == {*TERMS, "total", "sr_embedding", "hr_embedding"}
-    assert terms["sr_embedding"].shape == (2, 512) and not terms["sr_embedding"].requires_grad
+    assert terms["sr_embedding"].shape == (2, 16) and not terms["sr_embedding"].requires_grad
     expected = sum(getattr(cfg, f"lambda_{t}") * terms[t] for t in TERMS)
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["l1"].item() == pytest.approx((sr - hr).abs().mean().item(), rel=1e-5)
@@ -95,12 +92,12 @@ def test_terms_and_weighted_total(loss_nets):
     assert same["feature_match"].item() == 0.0 and same["perceptual"].item() == 0.0
 
 
-def test_zero_weight_network_is_skipped_in_training_but_computed_for_validation(loss_nets):
-    identity_net, vgg = loss_nets
+def test_zero_weight_network_is_skipped_in_training_but_computed_for_validation(boring_nets):
+    identity_net, vgg = boring_nets
     cfg = _only("l1")
     counted = CountingCalls(identity_net)
     loss = DSRLoss(cfg, counted, Perceptual(vgg, cfg))
-    sr, hr = torch.rand(1, 3, 112, 112), torch.rand(1, 3, 112, 112)
+    sr, hr = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     assert loss(sr, hr)["identity"].item() == 0.0 and counted.with_grad == 0
     assert loss(sr, hr, compute_all=True)["identity"].item() > 0
 
@@ -113,11 +110,44 @@ def test_total_variation():
     assert total_variation(stripes).item() == pytest.approx(1.0)
 
 
-def test_multiscale_off_uses_three_layers(loss_nets):
-    _, vgg = loss_nets
-    assert len(Perceptual(vgg, LossConfig()).slices) == 4
-    three = Perceptual(vgg, LossConfig(multiscale_perceptual=False))
-    assert len(three.slices) == 3 and sum(three.layer_weights) == pytest.approx(1.0)
+def test_perceptual_layers_by_name(boring_nets):
+    _, vgg = boring_nets
+    four = Perceptual(vgg, LossConfig())
+    assert len(four.slices) == 4 and four.layer_weights == (0.4, 0.3, 0.2, 0.1)
+    # The guide's earlier three layers, given in any order, run in network order.
+    three = Perceptual(vgg, LossConfig(perceptual_layers={"relu3_4": 1.0, "relu1_2": 2.0,
+                                                           "relu2_2": 3.0}))
+    assert three.layer_weights == (2.0, 3.0, 1.0)
+    assert [len(s) for s in three.slices] == [4, 5, 9]  # features[0:4], [4:9], [9:18]
+    images = torch.rand(1, 3, 32, 32)
+    assert [f.shape[1] for f in three.features(images)] == [64, 128, 256]
+
+
+def test_identity_and_feature_match_train_dsr_through_the_real_edgeface(loss_nets):
+    """Integration: the real EdgeFace (xxs, random weights) at 112 px passes gradient to DSR."""
+    identity_net, vgg = loss_nets
+    model, vlr, hr = _dsr_and_batch(hr_size=112)
+    cfg = LossConfig(lambda_l1=0.0, lambda_perceptual=0.0, lambda_tv=0.0)
+    terms = DSRLoss(cfg, identity_net, None)(model(vlr), hr)
+    assert terms["identity"].item() > 0 and terms["feature_match"].item() > 0
+    assert terms["sr_embedding"].shape == (2, 512)
+    terms["total"].backward()
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+def test_vgg_trunk_matches_torchvision(boring_nets):
+    """Only the layers up to relu4_4 are built, with torchvision's indices and numbers."""
+    from torchvision.models import vgg19
+
+    _, trunk = boring_nets
+    full = vgg19(weights=None).features[:27].eval()
+    assert [type(m) for m in trunk] == [type(m) for m in full]
+    trunk_copy = build_vgg("random")
+    trunk_copy.load_state_dict(full.state_dict())  # the same keys and shapes
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(trunk_copy(images), full(images))
+    assert sum(p.numel() for p in trunk.parameters()) == 10_585_152  # of VGG19's 143.7 M
 
 
 @pytest.fixture(scope="module")

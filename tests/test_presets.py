@@ -1,15 +1,15 @@
 import optuna
 import pytest
 
-from search_spaces import BUILTIN, OBJECTIVES, load_preset
-from tune_dsr.config import Config
+from search_spaces import BUILTIN, load_preset
+from tune_dsr.config import METRICS, Config
 from tune_dsr.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_preset_space_gives_valid_configs_offline(name):
     preset = load_preset(name)
-    assert preset.metric in OBJECTIVES and preset.mode in ("min", "max")
+    assert preset.mode == METRICS[preset.metric]
     first = preset.first_config()
     # FixedTrial: the space run offline with the guide's values gives a valid config.
     constants = preset.space(optuna.trial.FixedTrial(first)) or {}
@@ -25,7 +25,7 @@ def test_guide_values_per_preset():
     assert (rec["lambda_identity"], rec["lambda_feature_match"], rec["lambda_perceptual"]) == (
         0.60, 0.20, 0.01)
     assert (load_preset("recognition_first").metric, load_preset("recognition_first").mode) == (
-        "val_identity_loss", "min")
+        "val_margin", "max")
     quality = load_preset("quality_first")
     first = quality.first_config()
     assert (first["lambda_l1"], first["lambda_perceptual"], first["lambda_identity"]) == (
@@ -40,9 +40,17 @@ def test_guide_values_per_preset():
 
 def test_log_scales_where_values_span_decades():
     dists = load_preset("recognition_first").distributions()
-    for key in ("lr", "lambda_tv", "lambda_perceptual", "lambda_feature_match"):
+    for key in ("lr", "lambda_tv", "lambda_perceptual"):
         assert dists[key].log, key
     assert {"width", "depth", "bicubic_residual"} <= set(dists)
+
+
+def test_recognition_first_can_switch_the_identity_terms_off():
+    """The search must be able to find out that a term hurts (on real faces, L1 alone won)."""
+    dists = load_preset("recognition_first").distributions()
+    for key in ("lambda_identity", "lambda_feature_match"):
+        assert dists[key].low == 0.0 and not dists[key].log, key
+    Config().replace(lambda_identity=0.0, lambda_feature_match=0.0)
 
 
 def test_unknown_preset_lists_valid_ones():
@@ -64,9 +72,10 @@ def test_user_preset_file(tmp_path):
 
 
 @pytest.mark.parametrize("body, words", [
-    ("def space(trial):\n    pass\n", ["lacks METRIC, MODE"]),
+    ("def space(trial):\n    pass\n", ["lacks METRIC"]),
     ("METRIC='accuracy'\nMODE='max'\ndef space(t):\n    pass\n", ["METRIC='accuracy'"]),
-    ("METRIC='val_psnr'\nMODE='up'\ndef space(t):\n    pass\n", ["MODE='up'"]),
+    ("METRIC='val_psnr'\nMODE='min'\ndef space(t):\n    pass\n",
+     ["MODE='min' contradicts val_psnr", "higher is better"]),
     ("METRIC='val_psnr'\nMODE='max'\ndef space(t):\n    t.suggest_float('lrate', 1e-4, 1e-3)\n",
      ["unknown config key 'lrate'"]),
     ("METRIC='val_psnr'\nMODE='max'\nGUIDE={'lr': 0.1}\n"

@@ -9,12 +9,15 @@ from tune_dsr.errors import ConfigError
 from tune_dsr.models.dsr import load_dsr
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 
+"""The training loop on in-memory faces (8 px -> 32 px) with the boring identity network."""
+
+from tune_dsr.config import METRICS
+
 EXPECTED_KEYS = {
-    "epoch", "lr", "train_loss", "val_loss", "val_psnr", "val_psnr_y", "val_ssim", "val_score",
-    "images_per_s", "epoch_seconds", "train_psnr", "val_accuracy", "val_rank1",
-    "val_unknown_rate",
-    *(f"{split}_{term}_loss" for split in ("train", "val")
-      for term in ("l1", "perceptual", "identity", "feature_match", "tv")),
+    *METRICS, "epoch", "lr", "train_loss", "images_per_s", "epoch_seconds", "train_psnr",
+    "val_bicubic_rank1", "val_bicubic_rank1_full", "val_bicubic_margin", "val_bicubic_accuracy",
+    "val_bicubic_unknown_rate",
+    *(f"train_{term}_loss" for term in ("l1", "perceptual", "identity", "feature_match", "tv")),
 }
 
 
@@ -29,50 +32,70 @@ class Recorder(Callback):
         self.epochs.append(dict(metrics))
 
 
-def _trainer(config, tiny_sets, loss_nets, **kwargs):
-    identity_net, vgg = loss_nets
-    return Trainer(config, *tiny_sets, identity_net, vgg, **kwargs)
+def _trainer(config, memory_sets, boring_nets, **kwargs):
+    identity_net, vgg = boring_nets
+    return Trainer(config, *memory_sets, identity_net, vgg, **kwargs)
 
 
-def test_callback_gets_every_metric_each_epoch(tiny_config, tiny_sets, loss_nets, tmp_path):
+def test_callback_gets_every_metric_each_epoch(unit_config, memory_sets, boring_nets, tmp_path):
     recorder = Recorder()
-    trainer = _trainer(tiny_config, tiny_sets, loss_nets, callbacks=[recorder], out_dir=tmp_path)
+    trainer = _trainer(unit_config, memory_sets, boring_nets, callbacks=[recorder], out_dir=tmp_path)
     result = trainer.fit()
     assert result.epochs_run == 2 and len(recorder.epochs) == 2
-    assert recorder.batches == 2 * math.ceil(len(tiny_sets[0]) / 4)
+    assert recorder.batches == 2 * math.ceil(len(memory_sets[0]) / 4)
     for metrics in recorder.epochs:
-        assert set(metrics) >= EXPECTED_KEYS
+        assert set(metrics) >= EXPECTED_KEYS, EXPECTED_KEYS - set(metrics)
         assert all(math.isfinite(v) for v in metrics.values())
-    assert [m["epoch"] for m in recorder.epochs] == [1.0, 2.0]
-    assert recorder.epochs[0]["val_identity_loss"] > 0
-    for metrics in recorder.epochs:
         assert 0 <= metrics["val_accuracy"] <= metrics["val_rank1"] <= 1
         assert 0 <= metrics["val_unknown_rate"] <= 1
+        assert metrics["val_margin_gain"] == pytest.approx(
+            metrics["val_margin"] - metrics["val_bicubic_margin"])
+        assert metrics["val_score"] == pytest.approx(
+            metrics["val_psnr"] + 100 * metrics["val_margin_gain"])
+    assert [m["epoch"] for m in recorder.epochs] == [1.0, 2.0]
+    assert recorder.epochs[0]["val_identity_loss"] > 0
     # Files: config, per-epoch metrics, resumable state, best model with EMA weights and metrics.
-    assert Config.from_json(tmp_path / "config.json") == tiny_config
+    assert Config.from_json(tmp_path / "config.json") == unit_config
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1.0, 2.0]
     _, config, metrics = load_dsr(tmp_path / "best.pt")
-    assert config == tiny_config and metrics["epoch"] == result.best_epoch
-    best_state = torch.load(tmp_path / "best.pt", weights_only=True)["model_state_dict"]
-    if result.best_epoch == 2:
-        assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in best_state.items())
+    assert config == unit_config and metrics["epoch"] == result.best_epoch
+    assert (tmp_path / "best.png").is_file()
 
 
-def test_training_lowers_the_loss(tiny_config, tiny_sets, loss_nets):
-    config = tiny_config.replace(epochs=6, warmup_epochs=1, lr=3e-3, ema_decay=0.0)
+def test_best_pt_holds_the_ema_weights_of_each_new_best_epoch(unit_config, memory_sets,
+                                                               boring_nets, tmp_path):
+    checked = []
+
+    class CheckBestFile(Callback):
+        def on_epoch_end(self, trainer, metrics):
+            if trainer.best_epoch != trainer.epoch:
+                return  # not a new best: best.pt still holds an earlier epoch
+            saved = torch.load(tmp_path / "best.pt", weights_only=True)
+            assert saved["epoch"] == trainer.epoch
+            ema = trainer.ema.state_dict()
+            assert all(torch.equal(v, ema[k]) for k, v in saved["model_state_dict"].items())
+            checked.append(trainer.epoch)
+
+    _trainer(unit_config, memory_sets, boring_nets, out_dir=tmp_path,
+             callbacks=[CheckBestFile()]).fit()
+    assert checked[0] == 1  # the first epoch is always a new best
+
+
+def test_training_lowers_the_loss(unit_config, memory_sets, boring_nets):
+    config = unit_config.replace(epochs=6, warmup_epochs=1, lr=3e-3, ema_decay=0.0)
     recorder = Recorder()
-    _trainer(config, tiny_sets, loss_nets, callbacks=[recorder]).fit()
+    _trainer(config, memory_sets, boring_nets, callbacks=[recorder]).fit()
     losses = [m["train_loss"] for m in recorder.epochs]
     assert losses[-1] < losses[0]
 
 
-def test_resume_continues_exactly(tiny_config, tiny_sets, loss_nets, tmp_path):
-    config = tiny_config.replace(epochs=4)
-    straight = _trainer(config, tiny_sets, loss_nets)
+def test_resume_continues_exactly(unit_config, memory_sets, boring_nets, tmp_path):
+    config = unit_config.replace(epochs=4)
+    straight = _trainer(config, memory_sets, boring_nets)
     straight.fit()
 
-    first = _trainer(config.replace(epochs=4), tiny_sets, loss_nets, out_dir=tmp_path)
+    first = _trainer(config.replace(epochs=4), memory_sets, boring_nets, out_dir=tmp_path)
 
     class StopAfterTwo(Callback):
         def on_epoch_end(self, trainer, metrics):
@@ -83,7 +106,7 @@ def test_resume_continues_exactly(tiny_config, tiny_sets, loss_nets, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     torch.manual_seed(1234)  # a fresh process would not share the global RNG state either
-    resumed = _trainer(config, tiny_sets, loss_nets)
+    resumed = _trainer(config, memory_sets, boring_nets)
     resumed.load_state(tmp_path / "last.pt")
     assert resumed.epoch == 2
     resumed.fit()
@@ -93,47 +116,47 @@ def test_resume_continues_exactly(tiny_config, tiny_sets, loss_nets, tmp_path):
     assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
 
 
-def test_early_stopping_with_patience_and_off(tiny_config, tiny_sets, loss_nets):
+def test_early_stopping_with_patience_and_off(unit_config, memory_sets, boring_nets):
     # lr 0 after warm-up: nothing improves, so patience 1 stops after epoch 2.
-    config = tiny_config.replace(epochs=5, early_stop_patience=1, monitor="val_loss",
+    config = unit_config.replace(epochs=5, early_stop_patience=1, monitor="val_loss",
                                  warmup_epochs=0, lr=1e-9)
-    result = _trainer(config, tiny_sets, loss_nets).fit()
+    result = _trainer(config, memory_sets, boring_nets).fit()
     assert result.stopped_early and result.epochs_run < 5
-    result = _trainer(config.replace(early_stop_patience=0, epochs=3), tiny_sets,
-                      loss_nets).fit()
+    result = _trainer(config.replace(early_stop_patience=0, epochs=3), memory_sets,
+                      boring_nets).fit()
     assert not result.stopped_early and result.epochs_run == 3
 
 
-def test_nan_loss_stops_with_epoch_and_term(tiny_config, tiny_sets, loss_nets):
-    trainer = _trainer(tiny_config, tiny_sets, loss_nets)
+def test_nan_loss_stops_with_epoch_and_term(unit_config, memory_sets, boring_nets):
+    trainer = _trainer(unit_config, memory_sets, boring_nets)
     with torch.no_grad():
         trainer.model.tail.bias.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"the total loss became nan at epoch 1"):
+    with pytest.raises(TrainingDiverged, match=r"the total loss became nan during epoch 1"):
         trainer.fit()
 
 
-def test_state_file_loads_with_weights_only(tiny_config, tiny_sets, loss_nets, tmp_path):
-    trainer = _trainer(tiny_config.replace(epochs=1), tiny_sets, loss_nets, out_dir=tmp_path)
+def test_state_file_loads_with_weights_only(unit_config, memory_sets, boring_nets, tmp_path):
+    trainer = _trainer(unit_config.replace(epochs=1), memory_sets, boring_nets, out_dir=tmp_path)
     trainer.fit()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["config"] == tiny_config.replace(epochs=1).to_dict()
+    assert state["config"] == unit_config.replace(epochs=1).to_dict()
     for key in ("model_state_dict", "ema_state_dict", "optimizer_state_dict",
                 "scheduler_state_dict", "scaler_state_dict", "rng_cpu", "epoch", "best_value"):
         assert key in state
 
 
-def test_resume_refuses_other_model_and_best_pt(tiny_config, tiny_sets, loss_nets, tmp_path):
-    _trainer(tiny_config.replace(epochs=1), tiny_sets, loss_nets, out_dir=tmp_path).fit()
-    other = _trainer(tiny_config.replace(width=12), tiny_sets, loss_nets)
+def test_resume_refuses_other_model_and_best_pt(unit_config, memory_sets, boring_nets, tmp_path):
+    _trainer(unit_config.replace(epochs=1), memory_sets, boring_nets, out_dir=tmp_path).fit()
+    other = _trainer(unit_config.replace(width=12), memory_sets, boring_nets)
     with pytest.raises(ConfigError, match=r"model config"):
         other.load_state(tmp_path / "last.pt")
     with pytest.raises(ConfigError, match=r"best\.pt cannot be resumed"):
         other.load_state(tmp_path / "best.pt")
 
 
-def test_size_mismatch_is_a_clear_error(tiny_config, tiny_sets, loss_nets):
-    with pytest.raises(ConfigError, match=r"16px VLR.*vlr_size=32"):
-        _trainer(tiny_config.replace(vlr_size=32), tiny_sets, loss_nets)
+def test_size_mismatch_is_a_clear_error(unit_config, memory_sets, boring_nets):
+    with pytest.raises(ConfigError, match=r"8px VLR.*vlr_size=16"):
+        _trainer(unit_config.replace(vlr_size=16), memory_sets, boring_nets)
 
 
 def test_warmup_then_cosine():

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tune_dsr.errors import ConfigError
+from tune_dsr.experiment import filesystem, is_uri
 
 
 @dataclass
@@ -36,33 +37,17 @@ class TrialRecord:
         return f"{self.path}/{checkpoints[-1]}" if checkpoints else None
 
 
-def _filesystem(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    from pathlib import Path
-
-    return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-
-
-def read_text(path: str) -> str:
-    fs, inner = _filesystem(path)
-    with fs.open_input_stream(inner) as f:
-        return f.read().decode()
-
-
 def load_trials(experiment: str) -> list[TrialRecord]:
     """Every trial of an experiment with its config and per-epoch results."""
     import pyarrow.fs
 
-    fs, root = _filesystem(experiment)
+    fs, root = filesystem(experiment)
     info = fs.get_file_info(root)
     if info.type != pyarrow.fs.FileType.Directory:
         raise ConfigError(f"experiment folder {experiment} does not exist; give the folder a "
                           "search wrote (<storage-path>/<name>)")
     trials = []
-    scheme = experiment.split("://", 1)[0] + "://" if "://" in experiment else ""
+    scheme = experiment.split("://", 1)[0] + "://" if is_uri(experiment) else ""
     entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
     statuses = _trial_statuses(fs, entries)
     for entry in entries:
@@ -137,7 +122,7 @@ def unfinished_trials(experiment: str) -> list[str]:
     """Trials an interrupted search left running, pending or paused (for --resume)."""
     import pyarrow.fs
 
-    fs, root = _filesystem(experiment)
+    fs, root = filesystem(experiment)
     statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)))
     return [t for t, s in statuses.items() if s in ("RUNNING", "PENDING", "PAUSED")]
 
@@ -177,7 +162,7 @@ def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
             "error": t.error, "path": t.path, "checkpoint": t.latest_checkpoint()}
         row.update({f"metric/{k}": v for k, v in best.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        row.update({f"config/{k}": v for k, v in t.config.items() if not k.startswith("_")})
+        row.update({f"config/{k}": v for k, v in t.config.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.sort_values("value", ascending=(mode == "min"), na_position="last",

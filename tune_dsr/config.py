@@ -22,39 +22,73 @@ from typing import Any, ClassVar
 from tune_dsr.errors import ConfigError
 
 __all__ = [
-    "MONITOR_MODES",
+    "METRICS",
+    "PERCEPTUAL_LAYERS",
     "Config",
     "ConfigError",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
     "TrainConfig",
+    "direction",
     "score",
 ]
 
 
-# Metrics a run can select its best checkpoint by, and which direction is better.
-MONITOR_MODES: dict[str, str] = {
+# Every metric an epoch reports that can rank runs, and which direction is better: the one
+# registry used by `monitor`, the search presets, analysis, export and the tests.
+METRICS: dict[str, str] = {
+    # recognition on the validation subjects (never seen in training)
+    "val_margin": "max",  # own-subject similarity minus the best other, training subjects included
+    "val_margin_gain": "max",  # val_margin minus bicubic's
+    "val_rank1_full": "max",  # rank-1 on a gallery of validation and training subjects
+    "val_rank1_full_gain": "max",
+    "val_rank1": "max",  # rank-1 on the validation subjects alone (the guide's gallery)
+    "val_accuracy": "max",  # the guide's: right and similarity >= recognition_threshold
+    "val_unknown_rate": "min",
+    # image quality and loss terms
     "val_score": "max",
     "val_psnr": "max",
-    "val_identity_loss": "min",
+    "val_psnr_y": "max",
+    "val_ssim": "max",
     "val_loss": "min",
-    "val_accuracy": "max",
-    "val_rank1": "max",
+    "val_l1_loss": "min",
+    "val_perceptual_loss": "min",
+    "val_identity_loss": "min",
+    "val_feature_match_loss": "min",
+    "val_tv_loss": "min",
 }
 
-# One dB of PSNR is worth 0.05 of identity loss: the guide's gap between a "good" (< 0.20) and an
-# "excellent" (< 0.15) identity loss, set against its 28 dB target, in which 1 dB is a clear step.
-SCORE_IDENTITY_WEIGHT = 20.0
+
+def direction(metric: str) -> str:
+    """"max" or "min": which way `metric` is better; ConfigError naming the known metrics."""
+    try:
+        return METRICS[metric]
+    except KeyError:
+        close = difflib.get_close_matches(metric, list(METRICS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{metric!r} is not a metric tune_dsr reports per epoch.{hint} "
+                          f"Known metrics: {', '.join(METRICS)}.") from None
 
 
-def score(val_psnr: float, val_identity_loss: float) -> float:
-    """Combined objective, higher is better: ``val_psnr - 20 * val_identity_loss`` (in dB).
+# One dB of PSNR is worth 0.01 of margin gain over bicubic. The published DSR gave up 1.5-2 dB
+# of PSNR against bicubic and still identified more faces, and on real faces a PSNR- or
+# loss-led search chose a DSR that identified fewer (docs/background.md, "Defects"): image
+# quality must not be able to buy back a lost identity, so recognition weighs heavily.
+SCORE_MARGIN_WEIGHT = 100.0
 
-    Selecting on PSNR alone (the original's defect 5) ignores recognition, the actual goal; this
-    score trades 1 dB of PSNR against 0.05 of identity loss (1 - cosine similarity).
+# VGG19 layers the perceptual loss can compare, in network order.
+PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4")
+
+
+def score(val_psnr: float, val_margin_gain: float) -> float:
+    """Combined objective, higher is better: ``val_psnr + 100 * val_margin_gain`` (in dB).
+
+    Selecting on PSNR alone (the original's defect 5) ignores recognition, the actual goal, and
+    the identity loss rewards faces that look like training subjects; the margin's gain over
+    bicubic (on a gallery that holds the training subjects) does not. 1 dB = 0.01 of margin.
     """
-    return val_psnr - SCORE_IDENTITY_WEIGHT * val_identity_loss
+    return val_psnr + SCORE_MARGIN_WEIGHT * val_margin_gain
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -73,7 +107,8 @@ def _range(key: str, value: float, low: float, high: float, *, low_open: bool = 
 class ModelConfig:
     """The DSR network: width C, depth N (residual blocks), input and output sizes."""
 
-    vlr_size: int = 32
+    # None: read it off the data (its only vlr_images* folder).
+    vlr_size: int | None = None
     hr_size: int = 112
     width: int = 112
     depth: int = 16
@@ -81,10 +116,11 @@ class ModelConfig:
     bicubic_residual: bool = False
 
     def __post_init__(self) -> None:
-        _range("vlr_size", self.vlr_size, 8, 64)
         _range("hr_size", self.hr_size, 16, 512)
-        _check(self.hr_size > self.vlr_size, "hr_size", self.hr_size,
-               f"it must be larger than vlr_size={self.vlr_size} (DSR upscales)")
+        if self.vlr_size is not None:
+            _range("vlr_size", self.vlr_size, 8, 64)
+            _check(self.hr_size > self.vlr_size, "hr_size", self.hr_size,
+                   f"it must be larger than vlr_size={self.vlr_size} (DSR upscales)")
         _range("width", self.width, 4, 512)
         _range("depth", self.depth, 1, 64)
 
@@ -98,20 +134,23 @@ class LossConfig:
     lambda_identity: float = 0.50
     lambda_feature_match: float = 0.15
     lambda_tv: float = 3e-6
-    # relu1_2, relu2_2, relu3_4, relu4_4; off: relu1_2..relu3_4 equally weighted (3 layers).
-    multiscale_perceptual: bool = True
-    perceptual_layer_weights: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
+    # VGG19 layers of the perceptual loss and their weights; the guide's earlier version used
+    # {"relu1_2": 1/3, "relu2_2": 1/3, "relu3_4": 1/3}.
+    perceptual_layers: dict[str, float] = field(
+        default_factory=lambda: {"relu1_2": 0.4, "relu2_2": 0.3, "relu3_4": 0.2, "relu4_4": 0.1})
 
     def __post_init__(self) -> None:
         for name in ("lambda_l1", "lambda_perceptual", "lambda_identity",
                      "lambda_feature_match", "lambda_tv"):
             _range(name, getattr(self, name), 0.0, 100.0)
-        weights = self.perceptual_layer_weights
-        _check(len(weights) == 4, "perceptual_layer_weights", list(weights),
-               "give exactly 4 weights, for relu1_2, relu2_2, relu3_4 and relu4_4")
-        _check(all(w >= 0 and math.isfinite(w) for w in weights) and sum(weights) > 0,
-               "perceptual_layer_weights", list(weights),
-               "weights must be finite, non-negative and not all zero")
+        layers = self.perceptual_layers
+        unknown = [name for name in layers if name not in PERCEPTUAL_LAYERS]
+        _check(not unknown, "perceptual_layers", layers,
+               f"unknown layer(s) {unknown}; choose from {', '.join(PERCEPTUAL_LAYERS)}")
+        _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                   and math.isfinite(w) for w in layers.values()) and sum(layers.values()) > 0,
+               "perceptual_layers", layers,
+               "weights must be finite, non-negative numbers and not all zero")
 
 
 @dataclass(frozen=True)
@@ -141,12 +180,18 @@ class TrainConfig:
     ema_decay: float = 0.999
     # Epochs without improvement of `monitor` before stopping; 0 switches early stopping off.
     early_stop_patience: int = 20
-    # What "best" means for the saved model and early stopping (see MONITOR_MODES).
-    monitor: str = "val_score"
+    # What "best" means for the saved model and early stopping (a key of METRICS).
+    monitor: str = "val_margin"
     # Cosine similarity below which a validation face counts as "unknown" (the guide's 0.35).
     recognition_threshold: float = 0.35
     seed: int = 42
+    # Mixed precision where the hardware computes it natively: bf16 on CUDA (fp16 with loss
+    # scaling on older GPUs) and on CPUs with AVX-512 BF16 or AMX; float32 elsewhere.
     amp: bool = True
+    # Images and conv weights in NHWC: faster convolutions with oneDNN (CPU) and cuDNN.
+    channels_last: bool = True
+    # torch.compile DSR for training: pays a compile at the start of every run and trial.
+    compile: bool = False
     device: str = "auto"
     edgeface: str = "edgeface_finetuned.pth"
     perceptual_weights: str = "imagenet"
@@ -162,8 +207,8 @@ class TrainConfig:
         _check(self.ema_decay < 1.0, "ema_decay", self.ema_decay,
                "it must be below 1 (1 would freeze the EMA weights); 0 turns EMA off")
         _range("early_stop_patience", self.early_stop_patience, 0, 100_000)
-        _check(self.monitor in MONITOR_MODES, "monitor", self.monitor,
-               f"choose one of {sorted(MONITOR_MODES)}")
+        _check(self.monitor in METRICS, "monitor", self.monitor,
+               f"choose one of {', '.join(METRICS)}")
         _range("recognition_threshold", self.recognition_threshold, -1.0, 1.0)
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "device", self.device, "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -191,10 +236,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         annotation = next(a for a in options if a is not type(None))
         origin = typing.get_origin(annotation)
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)), key, value, "it must be a list of numbers")
-        (item,) = typing.get_args(annotation)[:1]
-        return tuple(_coerce(key, v, item) for v in value)
+    if origin is dict:
+        _check(isinstance(value, dict) and all(isinstance(k, str) for k in value), key, value,
+               "it must be an object of names to numbers")
+        _, item = typing.get_args(annotation)
+        return {k: _coerce(f"{key}.{k}", v, item) for k, v in value.items()}
     if annotation is bool:
         _check(isinstance(value, bool), key, value, "it must be true or false")
     elif annotation is int:
@@ -290,12 +336,8 @@ class Config:
         return Config.from_dict(flat, base=self)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict (JSON-ready; tuples become lists)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in _SECTIONS:
-            section = dataclasses.asdict(getattr(self, name))
-            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        return out
+        """Nested plain dict (JSON-ready)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
 
     def to_flat(self) -> dict[str, Any]:
         """One flat dict of every setting, as Tune and Optuna see them."""

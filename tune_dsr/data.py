@@ -442,21 +442,19 @@ def to_float(images_uint8: Tensor) -> Tensor:
     return images_uint8.to(torch.float32).div_(255.0)
 
 
-def load_pair_sets(config: Config, infer_vlr_size: bool = False
-                   ) -> tuple[Config, PairedFaces, PairedFaces]:
+def load_pair_sets(config: Config) -> tuple[Config, PairedFaces, PairedFaces]:
     """The training and validation sets a config names, checked before anything trains.
 
-    With `infer_vlr_size`, the VLR size is the data's (its only vlr_images* folder) and the
-    returned config says so; otherwise the data must match ``config.model.vlr_size``.
+    With ``vlr_size`` unset the VLR size is the data's (its only vlr_images* folder), and the
+    returned config names it; otherwise the data must have that size.
     """
     data = config.data
     missing = [name for name in ("train_dir", "val_dir") if not getattr(data, name)]
     if missing:
         raise ConfigError(f"no {' or '.join(missing)} given: pass --train-dir and --val-dir "
                           "(or --data-root), or set them in the --config file")
-    vlr_size = None if infer_vlr_size else config.model.vlr_size
     train, val = (PairedFaces.load(Path(split).expanduser().resolve(),  # type: ignore[arg-type]
-                                   vlr_size=vlr_size, hr_size=config.model.hr_size,
+                                   vlr_size=config.model.vlr_size, hr_size=config.model.hr_size,
                                    max_images=data.max_images)
                   for split in (data.train_dir, data.val_dir))
     if train.vlr_size != val.vlr_size:

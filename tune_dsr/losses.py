@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 
 TERMS = ("l1", "perceptual", "identity", "feature_match", "tv")
 
-# torchvision's vgg19().features slices ending at relu1_2, relu2_2, relu3_4 and relu4_4.
-VGG_SLICES = ((0, 4), (4, 9), (9, 18), (18, 27))
+# Where each perceptual layer ends in torchvision's vgg19().features (relu1_2 is features[3]).
+VGG_LAYER_END = {"relu1_2": 4, "relu2_2": 9, "relu3_4": 18, "relu4_4": 27}
+# VGG19's convolutions up to relu4_4: output channels, "M" for a 2x2 max-pool.
+_VGG19_TO_RELU4_4 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512)
 VGG19_IMAGENET_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_IMAGENET_URL = "https://download.pytorch.org/models/" + VGG19_IMAGENET_FILE
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,9 +34,19 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _vgg19_trunk() -> nn.Sequential:
-    from torchvision.models import vgg19
-
-    return vgg19(weights=None).features[: VGG_SLICES[-1][1]]
+    """VGG19's features up to relu4_4 (10.6 M parameters), with torchvision's layer indices so its
+    state dict loads as is. Built directly: torchvision's vgg19() would first build and initialise
+    all 143.7 M parameters, classifier included, in every trial."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for spec in _VGG19_TO_RELU4_4:
+        if spec == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, int(spec), kernel_size=3, padding=1),
+                       nn.ReLU(inplace=True)]
+            channels = int(spec)
+    return nn.Sequential(*layers)
 
 
 def _read_vgg_state(path: Path) -> dict[str, Tensor]:
@@ -92,16 +104,15 @@ def build_vgg(weights: str) -> nn.Sequential:
 
 
 class Perceptual(nn.Module):
-    """Weighted L1 between VGG19 activations of SR and HR at relu1_2, relu2_2, relu3_4, relu4_4."""
+    """Weighted L1 between VGG19 activations of SR and HR at the layers `config` names."""
 
     def __init__(self, trunk: nn.Sequential, config: LossConfig) -> None:
         super().__init__()
-        slices: tuple[tuple[int, int], ...] = VGG_SLICES
-        weights: tuple[float, ...] = config.perceptual_layer_weights
-        if not config.multiscale_perceptual:  # the guide's earlier 3 layers, equally weighted
-            slices, weights = VGG_SLICES[:3], (1 / 3, 1 / 3, 1 / 3)
-        self.slices = nn.ModuleList(trunk[a:b] for a, b in slices)
-        self.layer_weights = tuple(float(w) for w in weights)
+        # In network order, each slice running from the previous chosen layer to this one.
+        chosen = sorted(config.perceptual_layers, key=VGG_LAYER_END.__getitem__)
+        ends = [VGG_LAYER_END[name] for name in chosen]
+        self.slices = nn.ModuleList(trunk[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True))
+        self.layer_weights = tuple(float(config.perceptual_layers[name]) for name in chosen)
         self.mean: Tensor
         self.std: Tensor
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))

@@ -7,39 +7,24 @@ Settings come from the guide's defaults, then ``--config`` (for example ``best.j
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tune_dsr.cli import add_debug_flag, run_cli
-from tune_dsr.config import Config
-from tune_dsr.data import load_pair_sets
+from tune_dsr.cli import add_debug_flag, add_set_flag, parse_settings, run_cli
 from tune_dsr.errors import ConfigError
-from tune_dsr.losses import load_loss_networks
-from tune_dsr.trainer import Callback, Trainer, TrainingDiverged
+
+if TYPE_CHECKING:
+    from tune_dsr.config import Config
+    from tune_dsr.trainer import Trainer
 
 logger = logging.getLogger("tune_dsr.train")
 
-# The demo: tiny synthetic faces, a small DSR, random loss networks; about a minute on 2 CPU cores.
-DEMO_SETTINGS: dict[str, Any] = {
-    "vlr_size": 16, "width": 32, "depth": 4, "epochs": 3, "batch_size": 8, "warmup_epochs": 1,
-    "lr": 1e-3, "edgeface": "random:edgeface_xxs", "perceptual_weights": "random",
-}
 
-
-def make_demo_data(out: Path, subjects: int = 16, per_subject: int = 4) -> dict[str, Path]:
-    """Synthetic faces for the demo (16 px VLR), written under `out`."""
-    from tune_dsr.synth import make_synthetic_dataset
-
-    return make_synthetic_dataset(out, subjects=subjects, per_subject=per_subject,
-                                  vlr_sizes=(16,), seed=0)
-
-
-class EpochPrinter(Callback):
-    """The guide's per-epoch lines, and a progress bar on a terminal."""
+class EpochPrinter:
+    """The guide's per-epoch lines, and a progress bar on a terminal (a trainer callback)."""
 
     def __init__(self, progress: bool) -> None:
         self.progress = progress
@@ -87,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "override it")
     p.add_argument("--epochs", type=int, help="number of epochs (default 100)")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--vlr-size", type=int, help="VLR input size in px (default 32)")
+    p.add_argument("--vlr-size", type=int,
+                   help="VLR input size in px (default: the only vlr_images* folder there)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs; 0: off "
                                                 "(default 20)")
@@ -98,19 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="synthetic faces, random networks, a tiny DSR: about a minute on CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_set_flag(p, "any other setting, over --config and the flags above")
     add_debug_flag(p)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[Config, bool]:
-    """The run's config, and whether its VLR size was given (else it comes from the data)."""
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's config: the guide's defaults, then --config, --demo, the flags, then --set."""
+    from tune_dsr import demo
+    from tune_dsr.config import Config
+
     config = Config.from_json(args.config) if args.config else Config()
     overrides: dict[str, Any] = {}
     out = Path(args.out).expanduser().resolve()
     if args.demo:
-        overrides.update(DEMO_SETTINGS)
-        splits = make_demo_data(out / "demo_data")
-        overrides.update(train_dir=str(splits["train"]), val_dir=str(splits["val"]))
+        splits = demo.make_data(out / "demo_data", **demo.TRAIN_DATA)
+        overrides.update(demo.TRAIN, train_dir=str(splits["train"]), val_dir=str(splits["val"]))
     if args.data_root:
         root = Path(args.data_root).expanduser()
         overrides.update(train_dir=str(root / "train_processed"),
@@ -120,18 +109,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, bool]:
              "batch_size": args.batch_size, "vlr_size": args.vlr_size, "device": args.device,
              "early_stop_patience": args.patience}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides.update(parse_settings(args.set))
     for key in ("train_dir", "val_dir"):
-        if key in overrides:
+        if overrides.get(key):
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
-    # A config file (e.g. best.json from export) names the size it was tuned for.
-    vlr_given = "vlr_size" in overrides or (args.config is not None
-                                            and _names_vlr_size(Path(args.config)))
-    return config.replace(**overrides), vlr_given
-
-
-def _names_vlr_size(path: Path) -> bool:
-    raw = json.loads(path.read_text())  # already read and validated by Config.from_json
-    return "vlr_size" in raw or "vlr_size" in raw.get("model", {})
+    return config.replace(**overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    config, vlr_given = config_from_args(args)
     out = Path(args.out).expanduser().resolve()
     if args.resume and not (out / "last.pt").is_file():
         raise ConfigError(f"--resume: {out / 'last.pt'} does not exist; run without --resume")
+    config = config_from_args(args)
+    from tune_dsr.data import load_pair_sets
+    from tune_dsr.losses import load_loss_networks
+    from tune_dsr.trainer import Trainer, TrainingDiverged
+
     # Everything that can be wrong with the input is found here, before the first step.
-    config, train_set, val_set = load_pair_sets(config, infer_vlr_size=not vlr_given)
+    config, train_set, val_set = load_pair_sets(config)
     identity_net, vgg = load_loss_networks(config.train.edgeface, config.train.perceptual_weights)
     printer = EpochPrinter(progress=not args.no_progress and sys.stderr.isatty())
     trainer = Trainer(config, train_set, val_set, identity_net, vgg, callbacks=[printer],
@@ -154,7 +140,8 @@ def _train(args: argparse.Namespace) -> int:
         trainer.load_state(out / "last.pt")
     print(f"Training DSR ({config.model.width}x{config.model.depth}, {config.model.vlr_size}px -> "
           f"{config.model.hr_size}px) on {len(train_set)} pairs, validating on {len(val_set)}, "
-          f"device {trainer.device}, {config.train.epochs} epochs", flush=True)
+          f"device {trainer.device}, {config.train.epochs} epochs, best epoch by "
+          f"{config.train.monitor}", flush=True)
     try:
         result = trainer.fit()
     except TrainingDiverged as exc:
@@ -162,10 +149,12 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     best = result.best_metrics
+    nan = float("nan")
     print(f"Done: {result.epochs_run} epochs in {time.perf_counter() - started:.1f}s"
           f"{' (early stop)' if result.stopped_early else ''}. Best epoch {result.best_epoch} by "
-          f"{trainer.monitor}: val PSNR {best.get('val_psnr', float('nan')):.2f}dB, "
-          f"ID loss {best.get('val_identity_loss', float('nan')):.3f}. Model: {out / 'best.pt'}")
+          f"{trainer.monitor}: val PSNR {best.get('val_psnr', nan):.2f}dB, "
+          f"ID loss {best.get('val_identity_loss', nan):.3f}, margin gain over bicubic "
+          f"{best.get('val_margin_gain', nan):+.4f}. Model: {out / 'best.pt'}")
     return 0
 
 

@@ -48,18 +48,24 @@ class TuneReporter(Callback):
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces) -> None:
-    """Function trainable: `config` is a flat Tune config (settings plus the trial's values)."""
+def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
+              objective: str = "val_margin", checkpoint_every: int = 1) -> None:
+    """Function trainable: `config` is a flat Tune config (settings plus the trial's values).
+
+    `objective` is the search's metric, reported as ``objective`` too; a checkpoint is saved
+    every `checkpoint_every` epochs and at the last.
+    """
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch's own pool must agree with it.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    settings = {k: v for k, v in config.items() if not k.startswith("_")}
-    run_config = Config.from_dict(settings).replace(early_stop_patience=0)
-    objective = config.get("_objective", "val_score")
+    # ASHA decides when a trial stops, not the trainer's patience; the trial's best.pt and
+    # picture grid are those of the epoch the search's objective likes best.
+    run_config = Config.from_dict(config).replace(early_stop_patience=0, monitor=objective)
     identity_net, vgg = load_loss_networks(run_config.train.edgeface,
                                            run_config.train.perceptual_weights)
     trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
-                      callbacks=[TuneReporter(objective, int(config.get("_checkpoint_every", 1)))])
+                      callbacks=[TuneReporter(objective, checkpoint_every)],
+                      out_dir=tune.get_context().get_trial_dir(), save_last=False)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -67,10 +73,11 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
     trainer.fit()
 
 
-def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float,
-                   gpus: float, function: Callable[..., None] = train_dsr) -> Any:
+def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float, gpus: float,
+                   objective: str, checkpoint_every: int = 1,
+                   function: Callable[..., None] = train_dsr) -> Any:
     """`function` (`train_dsr`) with the dataset in the object store and per-trial resources."""
-    with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set)
+    with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set,
+                                     objective=objective, checkpoint_every=checkpoint_every)
     resources = {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
     return tune.with_resources(with_data, resources)
-

@@ -15,17 +15,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from tune_dsr.augment import augment_pair
-from tune_dsr.config import MONITOR_MODES, Config, score
+from tune_dsr.config import Config, direction, score
 from tune_dsr.data import PairedFaces, to_float
 from tune_dsr.errors import ConfigError
+from tune_dsr.gallery import ValidationGallery, bicubic_upscale
+from tune_dsr.hardware import autocast_dtype, resolve_device
 from tune_dsr.losses import TERMS, DSRLoss, Perceptual
-from tune_dsr.metrics import psnr, psnr_y, recognition, ssim
+from tune_dsr.metrics import psnr, psnr_y, ssim
 from tune_dsr.models.dsr import DSR, save_dsr
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,13 @@ class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; the run cannot continue."""
 
 
-class Callback:
-    """Hooks the trainer calls; override what you need (the trainer knows nothing of listeners)."""
+class Callback(Protocol):
+    """Hooks the trainer calls (the trainer knows nothing of who listens); subclass and override
+    what you need, or give any object with these two methods."""
 
-    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: float) -> None:
-        """After each training batch (1-based `batch`)."""
+    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: Tensor) -> None:
+        """After each training batch (1-based `batch`); `loss` is the detached total on the
+        device: reading it (``float(loss)``) waits for the device, so do it only when needed."""
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After each epoch's validation, with every metric of that epoch."""
@@ -71,14 +75,8 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch - self.warmup, span) / span))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is not allowed: no CUDA device is visible here; "
-                          "use device='auto' or 'cpu'")
-    return device
+# Validation probes shown in the picture grid written at each new best epoch.
+GRID_PROBES = 6
 
 
 def _check_sizes(config: Config, split: str, data: PairedFaces) -> None:
@@ -95,13 +93,17 @@ class Trainer:
 
     `identity_net(images) -> (embedding, activations)` is the frozen EdgeFace; `vgg` the frozen
     VGG19 trunk for the perceptual loss (None if λ_perceptual is 0). With `out_dir`, writes
-    ``last.pt`` (full state, for resuming), ``best.pt`` (EMA weights, config, metrics),
-    ``config.json`` and ``metrics.jsonl``.
+    ``config.json``, ``metrics.jsonl``, ``best.pt`` (EMA weights, config, metrics), ``best.png``
+    (a picture grid of fixed validation faces, also in TensorBoard) at each new best epoch and,
+    with `save_last`, ``last.pt`` (the full state, for resuming) every epoch.
     """
 
     def __init__(self, config: Config, train_set: PairedFaces, val_set: PairedFaces,
                  identity_net: nn.Module, vgg: nn.Sequential | None, *,
-                 callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None) -> None:
+                 callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
+                 save_last: bool = True) -> None:
+        if config.model.vlr_size is None:  # unset: the data's size
+            config = config.replace(vlr_size=train_set.vlr_size)
         _check_sizes(config, "training", train_set)
         _check_sizes(config, "validation", val_set)
         if len(train_set) == 0 or len(val_set) == 0:
@@ -110,26 +112,31 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.callbacks = list(callbacks)
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
+        self.save_last = save_last
         self.device = resolve_device(config.train.device)
         cfg = config.train
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
 
         torch.manual_seed(cfg.seed)
-        self.model = DSR(config.model).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = DSR(config.model).to(self.device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # The compiled module shares its parameters with `model`, which is what gets saved.
+        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
         perceptual = Perceptual(vgg, config.loss) if vgg is not None else None
-        self.loss = DSRLoss(config.loss, identity_net, perceptual).to(self.device)
+        self.loss = DSRLoss(config.loss, identity_net, perceptual).to(
+            self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg.warmup_epochs, cfg.epochs))
-        use_amp = cfg.amp and self.device.type == "cuda"
-        bf16 = use_amp and torch.cuda.is_bf16_supported()
-        self.amp_dtype: torch.dtype | None = (torch.bfloat16 if bf16 else torch.float16
-                                              if use_amp else None)
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         # Loss scaling only for float16; bfloat16 has float32's range.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and not bf16)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
 
-        self.monitor, self.mode = cfg.monitor, MONITOR_MODES[cfg.monitor]
+        self.monitor, self.mode = cfg.monitor, direction(cfg.monitor)
         self.epoch = 0  # epochs completed
         self.ema_updates = 0
         self.best_value: float | None = None
@@ -137,6 +144,7 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
+        self._gallery: ValidationGallery | None = None
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
@@ -176,6 +184,10 @@ class Trainer:
         # Copy uint8 and convert there: a quarter of the bytes of a float copy.
         return to_float(images.to(self.device, non_blocking=True))
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
         self.model.train()
@@ -183,16 +195,19 @@ class Trainer:
         # same whether the run went straight through or was resumed before it.
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
         batches = torch.randperm(len(self.train_set), generator=generator).split(cfg.batch_size)
-        sums = dict.fromkeys(("total", *TERMS, "psnr"), 0.0)
-        seen = 0
+        names = ("total", *TERMS, "psnr")
+        # Summed on the device and read once per epoch: a read per step would make the host wait
+        # for the device at every step.
+        sums = torch.zeros(len(names), device=self.device)
         for index, batch in enumerate(batches, start=1):
             vlr = self._to_device(self.train_set.vlr[batch])
             hr = self._to_device(self.train_set.hr[batch])
             if self.config.data.augment:
                 vlr, hr = augment_pair(vlr, hr, generator)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                sr = self.model(vlr)
+            vlr = vlr.contiguous(memory_format=self.memory_format)
+            hr = hr.contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                sr = self.forward_model(vlr)
                 terms = self.loss(sr, hr)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
@@ -202,26 +217,21 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self._update_ema()
-
-            # One host sync per step: the values are needed for the log and the NaN check anyway.
-            names = ("total", *TERMS)
-            values = torch.stack([terms[k].detach().float() for k in names]
-                                 + [psnr(sr.detach(), hr).mean()]).tolist()
-            for name, value in zip(names, values, strict=False):
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"the {name} loss became {value} at epoch {self.epoch + 1}, batch {index} "
-                        f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); lower the learning "
-                        "rate or that term's weight")
-            batch_size = len(batch)
-            seen += batch_size
-            for name, value in zip((*names, "psnr"), values, strict=True):
-                sums[name] += value * batch_size
+            values = torch.stack([terms[k].detach().float() for k in names[:-1]]
+                                 + [psnr(sr.detach(), hr).mean()])
+            sums += values * len(batch)
             for callback in self.callbacks:
-                callback.on_batch_end(self, index, len(batches), values[0])
-        out = {f"train_{name}_loss": sums[name] / seen for name in TERMS}
-        out["train_loss"] = sums["total"] / seen
-        out["train_psnr"] = sums["psnr"] / seen
+                callback.on_batch_end(self, index, len(batches), terms["total"].detach())
+        means = dict(zip(names, (sums / len(self.train_set)).tolist(), strict=True))
+        for name in names[:-1]:
+            if not math.isfinite(means[name]):
+                raise TrainingDiverged(
+                    f"the {name} loss became {means[name]} during epoch {self.epoch + 1} "
+                    f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); lower the learning rate "
+                    "or that term's weight")
+        out = {f"train_{name}_loss": means[name] for name in TERMS}
+        out["train_loss"] = means["total"]
+        out["train_psnr"] = means["psnr"]
         return out
 
     @torch.no_grad()
@@ -236,37 +246,59 @@ class Trainer:
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
     @torch.no_grad()
+    def _embed(self, images: Tensor) -> Tensor:
+        """Embeddings of float images in [0, 1] by the frozen recogniser."""
+        with self._autocast():
+            embedding, _ = self.loss.identity_net(
+                images.contiguous(memory_format=self.memory_format))
+        return embedding.float()
+
+    @property
+    def gallery(self) -> ValidationGallery:
+        """The validation galleries and bicubic's figures, computed once per run."""
+        if self._gallery is None:
+            started = time.perf_counter()
+            self._gallery = ValidationGallery.build(
+                self._embed, self.train_set, self.val_set,
+                self.config.train.recognition_threshold, self.device)
+            logger.info("Recognition galleries: %d validation subjects and %d training subjects "
+                        "as distractors; bicubic rank-1 %.1f%%, margin %.4f (%.2f s, once per "
+                        "run)", len(self.val_set.unique_subjects), self._gallery.distractors,
+                        100 * self._gallery.bicubic["rank1_full"],
+                        self._gallery.bicubic["margin"], time.perf_counter() - started)
+        return self._gallery
+
+    @torch.no_grad()
     def _validate(self) -> dict[str, float]:
+        gallery = self.gallery
         batch_size = self.config.train.batch_size
-        sums = dict.fromkeys(("total", *TERMS, "psnr", "psnr_y", "ssim"), 0.0)
-        sr_embeddings, hr_embeddings = [], []
+        names = ("total", *TERMS, "psnr", "psnr_y", "ssim")
+        sums = torch.zeros(len(names), device=self.device)
+        sr_embeddings = []
         for batch in torch.arange(len(self.val_set)).split(batch_size):
-            vlr = self._to_device(self.val_set.vlr[batch])
-            hr = self._to_device(self.val_set.hr[batch])
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            vlr = self._to_device(self.val_set.vlr[batch]).contiguous(
+                memory_format=self.memory_format)
+            hr = self._to_device(self.val_set.hr[batch]).contiguous(
+                memory_format=self.memory_format)
+            with self._autocast():
                 sr = self.ema(vlr)
                 terms = self.loss(sr, hr, compute_all=True)
             sr = sr.float()
-            sr_embeddings.append(terms["sr_embedding"])
-            hr_embeddings.append(terms["hr_embedding"])
+            sr_embeddings.append(terms["sr_embedding"].float())
             values = [terms[k].float() * len(batch) for k in ("total", *TERMS)]
             values += [psnr(sr, hr).sum(), psnr_y(sr, hr).sum(), ssim(sr, hr).sum()]
-            for name, value in zip(sums, torch.stack(values).tolist(), strict=True):
-                sums[name] += value
-        n = len(self.val_set)
-        out = {f"val_{name}_loss": sums[name] / n for name in TERMS}
-        out.update(val_loss=sums["total"] / n, val_psnr=sums["psnr"] / n,
-                   val_psnr_y=sums["psnr_y"] / n, val_ssim=sums["ssim"] / n)
+            sums += torch.stack(values)
+        means = dict(zip(names, (sums / len(self.val_set)).tolist(), strict=True))
+        out = {f"val_{name}_loss": means[name] for name in TERMS}
+        out.update(val_loss=means["total"], val_psnr=means["psnr"], val_psnr_y=means["psnr_y"],
+                   val_ssim=means["ssim"])
         for name, value in out.items():
             if not math.isfinite(value):
                 raise TrainingDiverged(f"validation {name} is {value} at epoch {self.epoch + 1}; "
                                        "lower the learning rate")
-        out["val_score"] = score(out["val_psnr"], out["val_identity_loss"])
-        # The guide's success metric on identities never seen in training (splits are by subject).
-        found = recognition(torch.cat(sr_embeddings), torch.cat(hr_embeddings),
-                            self.val_set.subject_index, self.config.train.recognition_threshold)
-        out.update({f"val_{name}": value for name, value in found.items()})
+        # Recognition of identities never seen in training (the splits are by subject).
+        out.update(gallery.report(torch.cat(sr_embeddings)))
+        out["val_score"] = score(out["val_psnr"], out["val_margin_gain"])
         return out
 
     def _track_best(self, metrics: dict[str, float]) -> bool:
@@ -284,11 +316,46 @@ class Trainer:
     def _write_outputs(self, metrics: dict[str, float], improved: bool) -> None:
         if self.out_dir is None:
             return
-        self.save_state(self.out_dir / "last.pt")
+        if self.save_last:
+            self.save_state(self.out_dir / "last.pt")
         if improved:
             save_dsr(self.out_dir / "best.pt", self.ema, self.config, metrics, self.epoch)
+            self._write_grid()
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+
+    @torch.no_grad()
+    def comparison_grid(self) -> Any:
+        """A picture grid (PIL image) of fixed validation faces: VLR, bicubic, DSR (EMA), HR."""
+        from tune_dsr.compare import comparison_grid
+
+        count = min(GRID_PROBES, len(self.val_set))
+        # Evenly spaced over the sorted names: several subjects, the same faces every epoch.
+        rows = torch.linspace(0, len(self.val_set) - 1, count).round().long().unique()
+        vlr = self._to_device(self.val_set.vlr[rows])
+        hr = self._to_device(self.val_set.hr[rows])
+        with self._autocast():
+            sr = self.ema(vlr.contiguous(memory_format=self.memory_format)).float()
+        gallery = self.gallery
+        return comparison_grid(
+            vlr, hr, {"bicubic": bicubic_upscale(vlr, hr.shape[-1]), f"DSR ep {self.epoch}": sr},
+            self.loss.identity_net, gallery.full, gallery.names, gallery.labels[rows],
+            threshold=gallery.threshold,
+            probe_names=[self.val_set.names[int(i)] for i in rows])
+
+    def _write_grid(self) -> None:
+        if self.out_dir is None:
+            return
+        image = self.comparison_grid()
+        image.save(self.out_dir / "best.png")
+        try:  # beside the scalars Tune (or the user) logs to the same folder
+            import numpy as np
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return
+        with SummaryWriter(str(self.out_dir), filename_suffix=".grid") as writer:
+            writer.add_image("best_epoch_faces", np.asarray(image), self.epoch,
+                             dataformats="HWC")
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

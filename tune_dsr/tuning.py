@@ -1,205 +1,355 @@
-"""Ray Tune + Optuna pieces that fix the known traps of using them together.
+"""The search service, usable from Python: options → plan → data → Ray → tuner → best config.
 
-- `PruneAwareOptunaSearch`: Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early is
-  COMPLETE with its truncated last value, so TPE learns from early numbers as if they were final.
-  Here every epoch's value goes to the Optuna trial as an intermediate value, and a trial that
-  ended before the last epoch without error is told as PRUNED (Optuna's TPE handles pruned trials
-  by their intermediate values).
-- `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
-  this callback's state is saved with the experiment and puts the rungs back.
-- `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
+    from tune_dsr.tuning import SearchOptions, plan_search, run_search
+    plan = plan_search(SearchOptions(space="recognition_first", data_root="DATA", gpus=1))
+    document = run_search(plan)          # the best trial as a training config (+ provenance)
+    document = run_search(resume_plan("tune_results", plan.name), resume=True)
+
+Optuna (seeded TPE, constant liar) proposes each configuration from a preset's space, ASHA stops
+the poor trials early, and the best configuration is written as ``best_config.json`` for one
+final run. Everything that can be wrong with the input is checked by `plan_search` and at the
+start of `run_search`, before the first trial. Nothing here mutates what it is given.
+``python -m tune_dsr.search`` is the command line over this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import uuid
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import optuna
-import ray
-from optuna.trial import TrialState
-from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
-
+from tune_dsr import demo
+from tune_dsr.config import Config, direction
 from tune_dsr.errors import ConfigError
+from tune_dsr.experiment import (
+    BEST_FILE,
+    PLAN_FILE,
+    SearchPlan,
+    exists,
+    is_uri,
+    join,
+    resolve_storage,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from tune_dsr.data import PairedFaces
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BUDGET: dict[str, Any] = {"num_samples": 20, "reduction_factor": 3}
 
-class PruneAwareOptunaSearch(OptunaSearch):
-    """`OptunaSearch` that reports per-epoch values and marks early-stopped trials PRUNED.
 
-    `max_epochs` is the full length of a trial; `step_key` the result key that counts epochs.
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a user asks of a search; unset (None) values take the preset's or the defaults."""
+
+    space: str = "recognition_first"
+    data_root: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    vlr_size: int | None = None
+    max_images: int = 0
+    edgeface: str | None = None
+    perceptual_weights: str | None = None
+    pins: Mapping[str, Any] = field(default_factory=dict)
+    num_samples: int | None = None
+    max_epochs: int | None = None
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+    max_concurrent: int = 0
+    time_budget: float | None = None
+    gpus: float = 0
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1
+    storage_path: str = "tune_results"
+    name: str | None = None
+    seed: int = 42
+    max_failures: int = 1
+    checkpoint_every: int = 1
+    address: str | None = None
+    demo: bool = False
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """Both splits, decoded once on the driver (the object store shares them with the trials)."""
+
+    train: PairedFaces
+    val: PairedFaces
+
+    @property
+    def vlr_size(self) -> int:
+        return self.train.vlr_size
+
+
+def _positive(options: SearchOptions, *names: str) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}={value} must be positive")
+
+
+def _resources(options: SearchOptions) -> float:
+    """GPUs per trial, checked against the search's resources."""
+    gpus = options.gpus
+    if gpus < 0 or options.cpus_per_trial <= 0:
+        raise ConfigError(f"--gpus={gpus} and --cpus-per-trial={options.cpus_per_trial}: "
+                          "give --gpus >= 0 and --cpus-per-trial > 0")
+    per_trial = options.gpus_per_trial if options.gpus_per_trial is not None else min(1.0, gpus)
+    if per_trial < 0 or per_trial > gpus:
+        raise ConfigError(f"--gpus-per-trial={per_trial} is larger than --gpus={gpus}: a trial "
+                          "cannot use more GPUs than the search has; raise --gpus or lower "
+                          "--gpus-per-trial (fractions like 0.5 share a GPU)")
+    if gpus > 0 and per_trial == 0:
+        raise ConfigError("--gpus-per-trial=0 with --gpus > 0 would leave the GPUs idle; give a "
+                          "GPU share per trial (e.g. 0.5) or drop --gpus")
+    if per_trial > 1 and per_trial != int(per_trial):
+        raise ConfigError(f"--gpus-per-trial={per_trial}: above 1 it must be a whole number")
+    if options.address is None and gpus > 0:
+        import torch
+
+        found = torch.cuda.device_count()
+        if found < gpus:
+            raise ConfigError(f"--gpus={gpus} but this machine has {found} CUDA device(s); "
+                              "lower --gpus, or use --address to run on a cluster with GPUs")
+    return per_trial
+
+
+def _local_file(value: str) -> str:
+    """A loss-network setting made absolute when it names a file (trials run elsewhere)."""
+    if value.startswith("random") or value == "imagenet":
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def plan_search(options: SearchOptions) -> SearchPlan:
+    """Resolve and check every option; nothing expensive has started yet.
+
+    With ``demo``, synthetic faces are written next to the experiment (seconds).
     """
+    from search_spaces import load_preset
 
-    def __init__(self, *args: Any, max_epochs: int, step_key: str = "epoch",
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._max_epochs = max_epochs
-        self._step_key = step_key
-        self._last_step: dict[str, int] = {}
+    budget = {**DEFAULT_BUDGET, **(demo.SEARCH_BUDGET if options.demo else {})}
+    given = {k: getattr(options, k) for k in budget if getattr(options, k) is not None}
+    options = dataclasses.replace(options, **{**budget, **given})
+    preset = load_preset(options.space)
+    space_ref = (str(Path(options.space).resolve()) if options.space.endswith(".py")
+                 else options.space)
+    _positive(options, "num_samples", "max_epochs", "grace_period", "time_budget",
+              "checkpoint_every")
+    if options.reduction_factor is None or options.reduction_factor <= 1:
+        raise ConfigError(f"--reduction-factor={options.reduction_factor} must be above 1 (ASHA "
+                          "keeps 1/reduction_factor of the trials per rung)")
+    if options.max_failures < 0 or options.max_concurrent < 0:
+        raise ConfigError("--max-failures and --max-concurrent must be >= 0")
+    gpus_per_trial = _resources(options)
+    max_epochs = options.max_epochs or preset.max_epochs
+    grace = options.grace_period or min(preset.grace_period, max_epochs)
+    if grace > max_epochs:
+        raise ConfigError(f"--grace-period={grace} exceeds --max-epochs={max_epochs}")
 
-    def _study(self) -> optuna.Study:
-        if self._ot_study is None:
-            raise RuntimeError("the Optuna study is not set up: give the searcher a space, "
-                               "a metric and a mode")
-        return self._ot_study
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        value, step = result.get(self.metric), result.get(self._step_key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
-            return
-        step = int(step)
-        # A trial retried from its checkpoint reports some epochs again: report each step once.
-        if step <= self._last_step.get(trial_id, 0):
-            return
-        self._last_step[trial_id] = step
-        self._ot_trials[trial_id].report(float(value), step)
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
-                          error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        if result and not error:
-            self.on_trial_result(trial_id, result)  # Ray passes the last epoch here, not there
-        epochs = int(result.get(self._step_key, 0)) if result else 0
-        if error or epochs >= self._max_epochs:
-            super().on_trial_complete(trial_id, result, error)
-            return
-        # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.
-        self._study().tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
-
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        # Trials asked after the experiment's last checkpoint are lost to Tune (a killed driver)
-        # but stand RUNNING in the stored study: close them, so the study holds no ghosts.
-        study = self._study()
-        known = {trial.number for trial in self._ot_trials.values()}
-        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
-                study.tell(frozen.number, state=TrialState.FAIL)
-                logger.info("Optuna trial %d was lost with the driver; marked FAIL",
-                            frozen.number)
+    storage = resolve_storage(options.storage_path)
+    name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    pins = dict(options.pins)
+    base: dict[str, Any] = {}
+    if options.demo:
+        demo_root = Path(storage if not is_uri(storage) else ".").resolve() / f"{name}-demo-data"
+        splits = demo.make_data(demo_root, **demo.SEARCH_DATA)
+        base.update(demo.RANDOM_NETWORKS, train_dir=str(splits["train"]),
+                    val_dir=str(splits["val"]))
+        pins = {**demo.SEARCH_PINS, **pins}
+    if options.data_root:
+        root = Path(options.data_root).expanduser()
+        base.update(train_dir=str(root / "train_processed"), val_dir=str(root / "val_processed"))
+    for key in ("train_dir", "val_dir"):
+        value = getattr(options, key) or base.get(key)
+        if value:
+            base[key] = str(Path(value).expanduser().resolve())
+    if "train_dir" not in base or "val_dir" not in base:
+        raise ConfigError("no data: pass --data-root (with train_processed/ and val_processed/), "
+                          "or --train-dir and --val-dir, or --demo")
+    for key in ("edgeface", "perceptual_weights"):
+        value = getattr(options, key) or base.get(key) or getattr(Config().train, key)
+        base[key] = _local_file(value)
+    base.update(preset.constants(), epochs=max_epochs, seed=options.seed,
+                max_images=options.max_images)
+    if options.vlr_size:
+        base["vlr_size"] = options.vlr_size
+    base.update(pins)
+    Config().replace(**base)  # every setting checked now, not in a trial
+    return SearchPlan(
+        space=space_ref, metric=preset.metric, mode=preset.mode, base=base, pins=pins,
+        storage_path=storage, name=name, num_samples=int(options.num_samples or 0),
+        max_epochs=max_epochs, grace_period=grace,
+        reduction_factor=float(options.reduction_factor), gpus=options.gpus,
+        gpus_per_trial=gpus_per_trial, cpus_per_trial=options.cpus_per_trial,
+        max_concurrent=options.max_concurrent, time_budget=options.time_budget,
+        seed=options.seed, max_failures=options.max_failures,
+        checkpoint_every=options.checkpoint_every, address=options.address)
 
 
-def make_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
-    """Seeded TPE; `constant_liar` so parallel trials are not proposed as near-duplicates.
+def resume_plan(storage_path: str, name: str, address: str | None = None) -> SearchPlan:
+    """The plan of the experiment `storage_path`/`name`, to continue it (on `address`)."""
+    if not name:
+        raise ConfigError("--resume needs --name (and --storage-path) of the experiment")
+    plan = SearchPlan.load(join(resolve_storage(storage_path), name))
+    return dataclasses.replace(plan, address=address) if address else plan
 
-    Random start-up trials: a quarter of the budget, between 2 and 10 (Optuna's default 10 would
-    leave a small search with no model-guided trials at all).
+
+def load_data(plan: SearchPlan) -> SearchData:
+    """Check and decode both splits the plan names; the VLR size is the data's unless pinned."""
+    from tune_dsr.data import load_pair_sets
+
+    _, train, val = load_pair_sets(Config().replace(**plan.base))
+    return SearchData(train, val)
+
+
+def connect_ray(plan: SearchPlan) -> None:
+    """Join the plan's Ray cluster, or start a local Ray (unless one is running already)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if plan.address:
+        ray.init(address=plan.address, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address="local", num_gpus=int(plan.gpus) or None, include_dashboard=False)
+
+
+def check_cluster(plan: SearchPlan) -> int:
+    """Some node fits a trial and every node reaches the storage; returns the number of nodes."""
+    import ray
+
+    from tune_dsr.optuna_asha import check_storage_reachable
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes
+            if n["Resources"].get("CPU", 0) >= plan.cpus_per_trial
+            and n["Resources"].get("GPU", 0) >= plan.gpus_per_trial]
+    if not fits:
+        raise ConfigError(f"no Ray node has {plan.cpus_per_trial} CPUs and {plan.gpus_per_trial} "
+                          "GPUs for one trial; lower --cpus-per-trial/--gpus-per-trial")
+    blind = check_storage_reachable(plan.storage_path)
+    if blind:
+        raise ConfigError(
+            f"--storage-path {plan.storage_path} is not shared: {len(blind)} of {len(nodes)} "
+            f"Ray nodes cannot see it (node ids {', '.join(b[:8] for b in blind)}). Trials on "
+            "those nodes would write their results where the driver never sees them. Use a "
+            "folder every node mounts (NFS) or an s3:// URI")
+    if len(nodes) > 1:
+        logger.info("Ray cluster: %d nodes; results go to %s, which every node reaches",
+                    len(nodes), plan.storage_path)
+    return len(nodes)
+
+
+def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
+                function: Callable[..., None] | None = None) -> Any:
+    """The Tuner: prune-aware Optuna TPE + ASHA + the trainable with data and resources."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search_spaces import load_preset
+    from tune_dsr.optuna_asha import (
+        AshaStateCallback,
+        PruneAwareOptunaSearch,
+        check_private_api,
+        make_sampler,
+        pin_space,
+        trial_dirname,
+    )
+    from tune_dsr.trainable import make_trainable, train_dsr
+
+    check_private_api()
+    trainable = make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
+                               gpus=plan.gpus_per_trial, objective=plan.metric,
+                               checkpoint_every=plan.checkpoint_every,
+                               function=function or train_dsr)
+    if resume:
+        # The searcher (with its Optuna study), ASHA's rungs (AshaStateCallback) and the trials
+        # come back from the experiment; the trainable must be given again.
+        return tune.Tuner.restore(plan.experiment_path, trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+
+    preset = load_preset(plan.space)
+    first = {k: v for k, v in preset.first_config().items() if k not in plan.pins}
+    plan.study_path.parent.mkdir(parents=True, exist_ok=True)
+    searcher = PruneAwareOptunaSearch(
+        space=pin_space(preset.space, plan.pins), metric=plan.metric, mode=plan.mode,
+        points_to_evaluate=[first], sampler=make_sampler(plan.seed, plan.num_samples),
+        study_name=plan.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_path}"),
+        max_epochs=plan.max_epochs)
+    search_alg = (ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+                  if plan.max_concurrent else searcher)
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs,
+                              grace_period=plan.grace_period,
+                              reduction_factor=plan.reduction_factor)
+    # The data decides the VLR size unless the plan pins one; every trial is told it.
+    param_space = {**plan.base, "vlr_size": data.vlr_size}
+    reporter = tune.CLIReporter(
+        metric_columns=list(dict.fromkeys(["epoch", plan.metric, "val_psnr",
+                                           "val_rank1_full_gain"])),
+        parameter_columns=[k for k in preset.distributions() if k not in plan.pins][:8],
+        max_report_frequency=15)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
+                                    scheduler=scheduler, num_samples=plan.num_samples,
+                                    time_budget_s=plan.time_budget,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=plan.name, storage_path=plan.storage_path,
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[AshaStateCallback(scheduler)], progress_reporter=reporter, verbose=1))
+
+
+def run_search(plan: SearchPlan, resume: bool = False,
+               function: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the search; returns the best configuration document (also saved).
+
+    The document's ``provenance`` says how long the search took and which trials an interrupt
+    (Ctrl-C) left unfinished. `function` replaces the trial function (default
+    `tune_dsr.trainable.train_dsr`).
     """
-    startup = max(2, min(10, num_samples // 4))
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
-                                      n_startup_trials=startup)
+    from search_spaces import load_preset
+    from tune_dsr.analysis import unfinished_trials
+    from tune_dsr.export import best_config_document
+    from tune_dsr.losses import load_loss_networks
 
-
-class AshaStateCallback(Callback):
-    """Saves ASHA's rung records with the experiment and puts them back on `Tuner.restore`.
-
-    It holds the same scheduler object as the `TuneConfig`; both are pickled together in the
-    experiment, so after a restore this callback still points at the scheduler Tune uses.
-    """
-
-    def __init__(self, scheduler: ASHAScheduler) -> None:
-        self.scheduler = scheduler
-
-    def get_state(self) -> dict[str, Any] | None:
-        rungs = [[(float(milestone), dict(recorded)) for milestone, recorded in bracket._rungs]
-                 for bracket in self.scheduler._brackets]
-        return {"rungs": rungs, "num_stopped": self.scheduler._num_stopped}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"], strict=False):
-            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
-        self.scheduler._num_stopped = state["num_stopped"]
-        logger.info("Restored ASHA rungs: %s",
-                    [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
-
-
-# Search-side helpers live here, not in search.py: run as `python -m tune_dsr.search` that module
-# is __main__, and what the experiment pickles from it could not be unpickled by --resume.
-def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
-
-
-def pin_space(space: Any, pins: dict[str, Any]) -> Any:
-    """The preset's define-by-run space with `pins` held fixed (not suggested, not searched)."""
-    if not pins:
-        return space
-    return _PinnedSpace(space, dict(pins))
-
-
-class _PinnedSpace:
-    """Picklable wrapper: suggest_* of a pinned key returns the pin without asking Optuna."""
-
-    def __init__(self, space: Any, pins: dict[str, Any]) -> None:
-        self.space, self.pins = space, pins
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        constants = self.space(_PinnedTrial(trial, self.pins)) or {}
-        return {**constants, **self.pins}
-
-
-class _PinnedTrial:
-    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
-        self._trial, self._pins = trial, pins
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._trial, name)
-        if not name.startswith("suggest_"):
-            return attr
-
-        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
-            return self._pins[key] if key in self._pins else attr(key, *args, **kwargs)
-        return suggest
-
-
-
-@ray.remote(num_cpus=0)
-def _sees_marker(uri: str, marker: str) -> bool:
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    return fs.get_file_info(f"{path.rstrip('/')}/{marker}").type != pyarrow.fs.FileType.NotFound
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def check_storage_reachable(storage: str) -> list[str]:
-    """Write a marker at `storage` and check every alive Ray node sees it.
-
-    Returns the ids of nodes that cannot see it (empty: shared). Raises ConfigError if the driver
-    itself cannot write there.
-    """
-    import pyarrow.fs
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    uri = storage if is_uri(storage) else f"file://{storage}"
-    marker = f".tune_dsr_reach_{uuid.uuid4().hex}"
-    try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path.rstrip('/')}/{marker}") as out:
-            out.write(b"tune_dsr")
-    except Exception as exc:
-        raise ConfigError(f"--storage-path {storage} cannot be written from this machine "
-                          f"({exc}); give a writable folder, a shared (NFS) mount or an s3:// "
-                          "URI with credentials set") from exc
-    try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        checks = {n["NodeID"]: _sees_marker.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(uri, marker) for n in nodes}
-        return [node for node, ref in checks.items() if not ray.get(ref, timeout=120)]
-    finally:
-        fs.delete_file(f"{path.rstrip('/')}/{marker}")
+    direction(plan.metric)  # a plan edited by hand must still name a known metric
+    if not resume and exists(join(plan.experiment_path, PLAN_FILE)):
+        raise ConfigError(f"experiment {plan.experiment_path} exists already; continue it "
+                          "with --resume or choose another --name")
+    load_preset(plan.space)  # a user's preset module must be importable (and, on resume, unpickle)
+    data = load_data(plan)
+    # Load the loss networks once here: an unreadable EdgeFace file fails now, not in a trial.
+    load_loss_networks(plan.base["edgeface"], plan.base["perceptual_weights"])
+    connect_ray(plan)
+    check_cluster(plan)
+    if not resume:
+        plan.save()
+    tuner = build_tuner(plan, data, resume=resume, function=function)
+    started = time.perf_counter()
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        logger.warning("%d of %d trials failed; first error: %s", len(errors), len(results),
+                       str(errors[0].error).splitlines()[0])
+    if len(errors) == len(results):
+        raise RuntimeError("every trial failed; rerun with --debug and look at the trial logs "
+                           f"under {plan.experiment_path}")
+    document = best_config_document(plan.experiment_path)
+    write_json(join(plan.experiment_path, BEST_FILE), document)
+    document["provenance"]["search_seconds"] = round(time.perf_counter() - started, 1)
+    # Tune catches Ctrl-C, saves the experiment and returns as if done: tell the two apart.
+    document["provenance"]["unfinished"] = unfinished_trials(plan.experiment_path)
+    return document

@@ -82,10 +82,12 @@ class DSR(nn.Module):
         size = self.config.hr_size
         out = self.tail(self.upsample(self.body(self.head(vlr))))
         if out.shape[-1] != size or out.shape[-2] != size:
-            out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True,
+            # In float32: antialiased resizing has no bf16 kernel on CPU, and it is cheap.
+            out = F.interpolate(out.float(), size=(size, size), mode="bilinear", antialias=True,
                                 align_corners=False)
         if self.config.bicubic_residual:
-            out = out + F.interpolate(vlr, size=(size, size), mode="bicubic", align_corners=False)
+            out = out + F.interpolate(vlr.float(), size=(size, size), mode="bicubic",
+                                      align_corners=False)
         return out.clamp(0.0, 1.0)
 
 

@@ -1,0 +1,145 @@
+"""Test helpers: a boring identity network, in-memory faces, and a search with poisoned trials."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tune_dsr.data import PairedFaces
+
+
+class BoringIdentityNet(nn.Module):
+    """A frozen stand-in for EdgeFace: three convs, returning (embedding, activations).
+
+    Cheap at any input size, differentiable with respect to its input, deterministic for a seed:
+    what the loss and trainer unit tests need, without EdgeNeXt's cost.
+    """
+
+    def __init__(self, seed: int = 0, dim: int = 16) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList([nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                    nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                    nn.Conv2d(16, dim, 3, stride=2, padding=1)])
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+                conv.bias.zero_()
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BoringIdentityNet:
+        return super().train(False)  # frozen: always eval
+
+    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        x = (images - 0.5) / 0.5
+        activations = []
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+            activations.append(x)
+        return x.mean(dim=(2, 3)), activations
+
+
+def memory_faces(subjects: list[str], per_subject: int, vlr_size: int = 8, hr_size: int = 32,
+                 seed: int = 0) -> PairedFaces:
+    """Smooth random faces in memory: each subject has its own pattern, each image some noise;
+    the VLR image is the HR image shrunk (area averaging)."""
+    generator = torch.Generator().manual_seed(seed)
+    names, hr = [], []
+    for subject in subjects:
+        base = torch.rand(3, 4, 4, generator=generator)
+        for index in range(per_subject):
+            noisy = (base + 0.1 * torch.randn(3, 4, 4, generator=generator)).clamp(0, 1)
+            hr.append(nn.functional.interpolate(noisy[None], size=(hr_size, hr_size),
+                                                mode="bilinear", align_corners=False)[0])
+            names.append(f"{subject}_{index:02d}.png")
+    hr_float = torch.stack(hr)
+    vlr_float = nn.functional.interpolate(hr_float, size=(vlr_size, vlr_size), mode="area")
+    as_bytes = (lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8))
+    return PairedFaces(names, as_bytes(vlr_float), as_bytes(hr_float))
+
+
+# ----------------------------------------------------------------------------- searches
+
+def make_poisoned(marker_dir: str, poison: dict[int, tuple[int, bool]],
+                  spare: dict[str, Any] | None = None) -> Any:
+    """The real trial function, with a real NaN in DSR's output for chosen trials.
+
+    `poison` maps a trial's start order (0: the first trial to start, not counting trials whose
+    config matches `spare`) to (the first epoch with NaN, whether every run is poisoned or only
+    the first, before a retry).
+    """
+
+    def poisoned(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
+                 **kwargs: Any) -> None:
+        from ray import tune
+
+        from tune_dsr.models.dsr import DSR
+        from tune_dsr.trainable import train_dsr
+
+        if spare and all(config[k] == v for k, v in spare.items()):
+            train_dsr(config, train_set, val_set, **kwargs)
+            return
+        trial_id = tune.get_context().get_trial_id()
+        slot, retry = 0, False
+        while True:  # claim the next start slot, or find ours again on a retry
+            marker = Path(marker_dir, f"slot_{slot}")
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if marker.read_text() == trial_id:
+                    retry = True
+                    break
+                slot += 1
+                continue
+            os.write(fd, trial_id.encode())
+            os.close(fd)
+            break
+        handle = None
+        first_epoch, every_run = poison.get(slot, (0, False))
+        if first_epoch and (every_run or not retry):
+            calls = {"n": 0, "epoch": 1}
+            size = int(config["batch_size"])
+            per_epoch = -(-len(train_set) // size)
+
+            def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor | None:
+                # Training forwards only (validation and the picture grid run the EMA in eval).
+                if isinstance(module, DSR) and module.training:
+                    calls["n"] += 1
+                    if calls["n"] > (first_epoch - 1) * per_epoch:
+                        return output * float("nan")
+                return None
+
+            handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        try:
+            train_dsr(config, train_set, val_set, **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    return poisoned
+
+
+def run_poisoned_search(storage: Path, markers: Path, options: Any,
+                        poison: dict[int, tuple[int, bool]],
+                        spare: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan and run a search (`options`: SearchOptions) with poisoned trials; its outputs."""
+    import dataclasses
+
+    import optuna
+    import ray.cloudpickle
+
+    from tune_dsr.analysis import load_trials
+    from tune_dsr.tuning import plan_search, run_search
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    plan = plan_search(dataclasses.replace(options, storage_path=str(storage)))
+    document = run_search(plan, function=make_poisoned(str(markers), poison, spare))
+    experiment = Path(plan.experiment_path)
+    study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
+    return {"plan": plan, "document": document, "experiment": experiment, "study": study,
+            "markers": markers, "trials": load_trials(str(experiment))}

@@ -1,0 +1,136 @@
+"""Recognition on the validation subjects, measured so that it cannot be fooled.
+
+An identity loss can teach DSR to pull an unseen face towards the identities it trained on. On a
+gallery of the validation subjects alone that goes unseen (the face is still closer to its own
+subject than to the few other validation subjects), so the gallery here also holds every
+training subject as a distractor, and the margin (own-subject similarity minus the best other
+one) falls as soon as a face drifts towards anyone else. Bicubic upscaling of the same faces,
+measured once on the same galleries, says whether DSR beats doing nothing.
+
+All of it is computed once per run with the frozen recogniser (the galleries and bicubic's
+figures); per epoch only the SR embeddings that validation computes anyway are compared with
+the galleries, a few matrix products.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tune_dsr.data import PairedFaces, to_float
+from tune_dsr.errors import ConfigError
+from tune_dsr.recognition import gallery_means, identify, similarities
+
+logger = logging.getLogger(__name__)
+
+# Training images per subject that enrol it as a distractor: enough for a stable mean, and a cap
+# on the one-off cost for large training sets.
+DISTRACTOR_IMAGES_PER_SUBJECT = 8
+
+Embed = Callable[[Tensor], Tensor]  # float images in [0, 1] on the device -> embeddings [B, D]
+
+
+def bicubic_upscale(vlr: Tensor, size: int) -> Tensor:
+    """The do-nothing baseline: bicubic upscaling to `size`, clamped to [0, 1]."""
+    return F.interpolate(vlr, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _embed_all(embed: Embed, images: Tensor, device: torch.device, batch: int,
+               transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = to_float(images[start:start + batch].to(device))
+        out.append(embed(transform(chunk) if transform else chunk).float())
+    return torch.cat(out)
+
+
+def _distractor_rows(train_set: PairedFaces, val_subjects: set[str]
+                     ) -> tuple[Tensor, Tensor, list[str]]:
+    """Indices of the training images that enrol distractors, their rows, and the subjects.
+
+    Training subjects that also appear in validation are left out: they are not distractors but
+    the same people, and the splits should be by subject (a warning says so).
+    """
+    shared = sorted(val_subjects & set(train_set.unique_subjects))
+    if shared:
+        logger.warning("%d subject(s) appear in both the training and the validation split (%s): "
+                       "the splits should be by subject; they are left out of the distractors",
+                       len(shared), ", ".join(shared[:5]))
+    kept = [s for s in train_set.unique_subjects if s not in val_subjects]
+    row_of = {subject: row for row, subject in enumerate(kept)}
+    taken: dict[str, int] = {}
+    indices, rows = [], []
+    for index, subject in enumerate(train_set.subjects):
+        if subject in row_of and taken.get(subject, 0) < DISTRACTOR_IMAGES_PER_SUBJECT:
+            taken[subject] = taken.get(subject, 0) + 1
+            indices.append(index)
+            rows.append(row_of[subject])
+    return torch.tensor(indices, dtype=torch.long), torch.tensor(rows, dtype=torch.long), kept
+
+
+@dataclass(frozen=True)
+class ValidationGallery:
+    """The two galleries of a run and bicubic's figures on them.
+
+    ``own`` holds one row per validation subject (the guide's gallery); ``full`` the same rows
+    followed by one per training subject. ``labels`` [N] is each validation image's subject row
+    in both; ``names`` the subject of each row of ``full``.
+    """
+
+    own: Tensor
+    full: Tensor
+    labels: Tensor
+    names: tuple[str, ...]
+    threshold: float
+    bicubic: dict[str, float]
+
+    @classmethod
+    def build(cls, embed: Embed, train_set: PairedFaces, val_set: PairedFaces,
+              threshold: float, device: torch.device, batch: int = 64) -> ValidationGallery:
+        """Enrol the subjects from their HR images and measure bicubic (once per run)."""
+        labels = val_set.subject_index
+        own = gallery_means(_embed_all(embed, val_set.hr, device, batch), labels,
+                            len(val_set.unique_subjects))
+        indices, rows, kept = _distractor_rows(train_set, set(val_set.unique_subjects))
+        distractors = (gallery_means(_embed_all(embed, train_set.hr[indices], device, batch),
+                                     rows, len(kept)) if kept else own.new_zeros(0, own.shape[1]))
+        full = torch.cat([own, distractors])
+        if full.shape[0] < 2:
+            raise ConfigError("recognition needs at least two subjects to tell apart: the "
+                              "validation split holds one subject and the training split no "
+                              "other; use splits by subject with several subjects each")
+        names = (*val_set.unique_subjects, *kept)
+        gallery = cls(own.cpu(), full.cpu(), labels.cpu(), names, threshold, {})
+        bicubic = _embed_all(embed, val_set.vlr, device, batch,
+                             lambda vlr: bicubic_upscale(vlr, val_set.hr_size))
+        return cls(gallery.own, gallery.full, gallery.labels, names, threshold,
+                   gallery.measure(bicubic))
+
+    @property
+    def distractors(self) -> int:
+        return int(self.full.shape[0] - self.own.shape[0])
+
+    def measure(self, embeddings: Tensor) -> dict[str, float]:
+        """``rank1``, ``accuracy``, ``unknown_rate`` (own gallery, the guide's protocol),
+        ``rank1_full`` and ``margin`` (full gallery) of probe `embeddings` [N, D]."""
+        embeddings = embeddings.detach().float().cpu()
+        guide = identify(similarities(embeddings, self.own), self.labels, self.threshold)
+        wide = identify(similarities(embeddings, self.full), self.labels, self.threshold)
+        own_metrics, wide_metrics = guide.metrics(), wide.metrics()
+        return {"rank1": own_metrics["rank1"], "accuracy": own_metrics["accuracy"],
+                "unknown_rate": own_metrics["unknown_rate"],
+                "rank1_full": wide_metrics["rank1"], "margin": wide_metrics["margin"]}
+
+    def report(self, embeddings: Tensor) -> dict[str, float]:
+        """The validation metrics of an epoch: DSR's, bicubic's and DSR's gains over bicubic."""
+        found = self.measure(embeddings)
+        out = {f"val_{name}": value for name, value in found.items()}
+        out.update({f"val_bicubic_{name}": value for name, value in self.bicubic.items()})
+        out["val_rank1_full_gain"] = found["rank1_full"] - self.bicubic["rank1_full"]
+        out["val_margin_gain"] = found["margin"] - self.bicubic["margin"]
+        return out

@@ -1,0 +1,238 @@
+"""Ray Tune + Optuna pieces that fix the known traps of using them together.
+
+- `PruneAwareOptunaSearch`: Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early is
+  COMPLETE with its truncated last value, so TPE learns from early numbers as if they were final.
+  Here every epoch's value goes to the Optuna trial as an intermediate value, and a trial that
+  ended before the last epoch without error is told as PRUNED (Optuna's TPE handles pruned trials
+  by their intermediate values).
+- `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
+  this callback's state is saved with the experiment and puts the rungs back.
+- `pin_space`: a preset's define-by-run space with some knobs held fixed.
+- `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
+
+The first two reach into private attributes of Ray and Optuna (versions tested: see the bounds in
+pyproject.toml). `check_private_api` looks for each of them before a search starts, so a release
+that renamed one fails at once with a message that says so, not halfway through a search.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_dsr.errors import ConfigError
+from tune_dsr.experiment import is_uri
+
+logger = logging.getLogger(__name__)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """`OptunaSearch` that reports per-epoch values and marks early-stopped trials PRUNED.
+
+    `max_epochs` is the full length of a trial; `step_key` the result key that counts epochs.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, step_key: str = "epoch",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._step_key = step_key
+        self._last_step: dict[str, int] = {}
+
+    def _study(self) -> optuna.Study:
+        if self._ot_study is None:
+            raise RuntimeError("the Optuna study is not set up: give the searcher a space, "
+                               "a metric and a mode")
+        return self._ot_study
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self.metric), result.get(self._step_key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
+            return
+        step = int(step)
+        # A trial retried from its checkpoint reports some epochs again: report each step once.
+        if step <= self._last_step.get(trial_id, 0):
+            return
+        self._last_step[trial_id] = step
+        self._ot_trials[trial_id].report(float(value), step)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:
+            self.on_trial_result(trial_id, result)  # Ray passes the last epoch here, not there
+        epochs = int(result.get(self._step_key, 0)) if result else 0
+        if error or epochs >= self._max_epochs:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.
+        self._study().tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # Trials asked after the experiment's last checkpoint are lost to Tune (a killed driver)
+        # but stand RUNNING in the stored study: close them, so the study holds no ghosts.
+        study = self._study()
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                study.tell(frozen.number, state=TrialState.FAIL)
+                logger.info("Optuna trial %d was lost with the driver; marked FAIL",
+                            frozen.number)
+
+
+def make_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
+    """Seeded TPE; `constant_liar` so parallel trials are not proposed as near-duplicates.
+
+    Random start-up trials: a quarter of the budget, between 2 and 10 (Optuna's default 10 would
+    leave a small search with no model-guided trials at all).
+    """
+    startup = max(2, min(10, num_samples // 4))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                      n_startup_trials=startup)
+
+
+class AshaStateCallback(Callback):
+    """Saves ASHA's rung records with the experiment and puts them back on `Tuner.restore`.
+
+    It holds the same scheduler object as the `TuneConfig`; both are pickled together in the
+    experiment, so after a restore this callback still points at the scheduler Tune uses.
+    """
+
+    def __init__(self, scheduler: ASHAScheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        rungs = [[(float(milestone), dict(recorded)) for milestone, recorded in bracket._rungs]
+                 for bracket in self.scheduler._brackets]
+        return {"rungs": rungs, "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"], strict=False):
+            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+        self.scheduler._num_stopped = state["num_stopped"]
+        logger.info("Restored ASHA rungs: %s",
+                    [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
+
+
+class PrivateApiChanged(RuntimeError):
+    """Ray or Optuna no longer has a private attribute this module relies on."""
+
+
+def check_private_api() -> None:
+    """Fail now, with the versions to use, if Ray or Optuna renamed what the fixes here use.
+
+    Cheap (an in-memory study, an unused scheduler); run before a search starts.
+    """
+    problems = []
+    searcher = OptunaSearch(space=lambda trial: None, metric="m", mode="max")
+    for name in ("_ot_study", "_ot_trials", "_completed_trials"):
+        if not hasattr(searcher, name):
+            problems.append(f"ray.tune.search.optuna.OptunaSearch.{name}")
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1)
+    brackets = getattr(scheduler, "_brackets", None)
+    if not isinstance(brackets, list) or not brackets:
+        problems.append("ray.tune.schedulers.ASHAScheduler._brackets")
+    elif not isinstance(getattr(brackets[0], "_rungs", None), list):
+        problems.append("ray.tune.schedulers.async_hyperband._Bracket._rungs")
+    if not hasattr(scheduler, "_num_stopped"):
+        problems.append("ray.tune.schedulers.ASHAScheduler._num_stopped")
+    if not hasattr(optuna.distributions.FloatDistribution(0, 1), "_contains"):
+        problems.append("optuna.distributions.BaseDistribution._contains")
+    if problems:
+        raise PrivateApiChanged(
+            f"this Ray {ray.__version__} / Optuna {optuna.__version__} lacks "
+            f"{', '.join(problems)}, which tune_dsr's fixes of OptunaSearch and ASHA rely on; "
+            "install the versions pyproject.toml names (ray[tune] and optuna), or update "
+            "tune_dsr/optuna_asha.py for this release")
+
+
+# What the experiment pickles must live in an importable module, not in `python -m` __main__,
+# or --resume could not unpickle it.
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default spells out every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def pin_space(space: Any, pins: dict[str, Any]) -> Any:
+    """The preset's define-by-run space with `pins` held fixed (not suggested, not searched)."""
+    if not pins:
+        return space
+    return _PinnedSpace(space, dict(pins))
+
+
+class _PinnedSpace:
+    """Picklable wrapper: suggest_* of a pinned key returns the pin without asking Optuna."""
+
+    def __init__(self, space: Any, pins: dict[str, Any]) -> None:
+        self.space, self.pins = space, pins
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        constants = self.space(_PinnedTrial(trial, self.pins)) or {}
+        return {**constants, **self.pins}
+
+
+class _PinnedTrial:
+    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
+        self._trial, self._pins = trial, pins
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+
+        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
+            return self._pins[key] if key in self._pins else attr(key, *args, **kwargs)
+        return suggest
+
+
+
+@ray.remote(num_cpus=0)
+def _sees_marker(uri: str, marker: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs.get_file_info(f"{path.rstrip('/')}/{marker}").type != pyarrow.fs.FileType.NotFound
+
+
+def check_storage_reachable(storage: str) -> list[str]:
+    """Write a marker at `storage` and check every alive Ray node sees it.
+
+    Returns the ids of nodes that cannot see it (empty: shared). Raises ConfigError if the driver
+    itself cannot write there.
+    """
+    import pyarrow.fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    uri = storage if is_uri(storage) else f"file://{storage}"
+    marker = f".tune_dsr_reach_{uuid.uuid4().hex}"
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path.rstrip('/')}/{marker}") as out:
+            out.write(b"tune_dsr")
+    except Exception as exc:
+        raise ConfigError(f"--storage-path {storage} cannot be written from this machine "
+                          f"({exc}); give a writable folder, a shared (NFS) mount or an s3:// "
+                          "URI with credentials set") from exc
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        checks = {n["NodeID"]: _sees_marker.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(uri, marker) for n in nodes}
+        return [node for node, ref in checks.items() if not ray.get(ref, timeout=120)]
+    finally:
+        fs.delete_file(f"{path.rstrip('/')}/{marker}")
