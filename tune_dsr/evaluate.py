@@ -460,9 +460,10 @@ def evaluate(data: PairedFaces, dsrs: Mapping[str, nn.Module],
     `dsrs` maps a display name to a network (VLR [B,3,s,s] in [0,1] → [B,3,H,H]); `recognisers`
     maps a name to an EdgeFace-like network (images → (embedding, activations)); the first is
     the one the DSRs were trained against, the others are held out. `distractors`: HR faces of
-    other subjects for the "wide" protocol (None or empty: the wide protocol is skipped).
-    Returns a JSON-ready dict (`format_report` prints it); with `per_probe`, its ``"probes"``
-    entry holds one row per probe × method × recogniser × protocol.
+    other subjects for the "wide" protocol (None or empty: the wide protocol is skipped). The
+    networks must already be on `device`, in eval mode. Returns a JSON-ready dict
+    (`format_report` prints it); with `per_probe`, its ``"probes"`` entry holds one row per
+    probe × method × recogniser × protocol.
     """
     import torch
 
