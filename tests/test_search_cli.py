@@ -17,13 +17,18 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.conftest import SEARCH_PINS
+from tune_dsr import demo
 from tune_dsr import search as search_cli
 from tune_dsr.analysis import load_trials
+from tune_dsr.experiment import BEST_FILE, STUDY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--edgeface", "random:edgeface_xxs", "--perceptual-weights", "random",
-        "--set", "width=8", "--set", "depth=1", "--set", "batch_size=4",
-        "--set", "bicubic_residual=true"]
+TINY = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],
+        "--perceptual-weights", demo.RANDOM_NETWORKS["perceptual_weights"],
+        *demo.as_flags(SEARCH_PINS)]
+# A search run as its own process: one torch thread, as in the trials (see conftest).
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def data_args(root: Path) -> list[str]:
@@ -99,7 +104,7 @@ def test_storage_path_that_cannot_be_written(ray_session, synthetic_root, tmp_pa
 
 
 def test_storage_check_finds_the_path_shared_on_one_node(ray_session, tmp_path):
-    from tune_dsr.tuning import check_storage_reachable
+    from tune_dsr.optuna_asha import check_storage_reachable
 
     assert check_storage_reachable(str(tmp_path / "shared")) == []
     assert list((tmp_path / "shared").iterdir()) == []  # the marker is cleaned up
@@ -108,7 +113,7 @@ def test_storage_check_finds_the_path_shared_on_one_node(ray_session, tmp_path):
 def test_list_spaces(capsys):
     code, text = run_main(["--list-spaces"], capsys)
     assert code == 0
-    for words in ("recognition_first", "min val_identity_loss", "quality_first",
+    for words in ("recognition_first", "max val_margin", "quality_first",
                   "max val_psnr", "fast", "max val_score", "lambda_identity", "(log)"):
         assert words in text
 
@@ -133,7 +138,7 @@ def _statuses(experiment: Path) -> dict[str, str]:
 
 
 def _driver(argv: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONPATH": str(REPO)}
+    env = {**SUBPROCESS_ENV, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     return subprocess.Popen([sys.executable, "-m", "tune_dsr.search", *argv], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -155,7 +160,7 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     resume = ["--resume", "--storage-path", str(storage), "--name", name]
 
     # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
-    driver = _driver([*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs",
+    driver = _driver([*data_args(synthetic_root), *TINY, "--num-samples", "3", "--max-epochs",
                       "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
                       str(storage), "--name", name], tmp_path)
     _wait_for_finished(driver, experiment, 1)
@@ -175,24 +180,24 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     rows_before = {t.trial_id: (Path(t.path) / "progress.csv").read_text()
                    for t in load_trials(str(experiment)) if t.trial_id in finished}
 
-    with caplog.at_level(logging.INFO, logger="tune_dsr.tuning"):
+    with caplog.at_level(logging.INFO, logger="tune_dsr.optuna_asha"):
         code, _ = run_main(resume, capsys)
     assert code == 0
     trials = load_trials(str(experiment))
-    assert len(trials) == 4 and all(t.epochs_run == 2 and not t.error for t in trials)
+    assert len(trials) == 3 and all(t.epochs_run == 2 and not t.error for t in trials)
     for trial in trials:  # finished trials were not run again
         if trial.trial_id in rows_before:
             assert (Path(trial.path) / "progress.csv").read_text() == rows_before[trial.trial_id]
     # ASHA's rungs came back with the experiment (a plain Tuner.restore starts them empty).
     restored = [r.getMessage() for r in caplog.records if "Restored ASHA rungs" in r.message]
     assert restored
-    assert re.search(r"\(2\.0, [2-4]\)", restored[0]), restored[0]  # the finished trials' rung
+    assert re.search(r"\(2\.0, [23]\)", restored[0]), restored[0]  # the finished trials' rung
     study = optuna.load_study(study_name=name,
-                              storage=f"sqlite:///{experiment / search_cli.STUDY_FILE}")
+                              storage=f"sqlite:///{experiment / STUDY_FILE}")
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert optuna.trial.TrialState.RUNNING not in states
-    assert (experiment / search_cli.BEST_FILE).is_file()
+    assert (experiment / BEST_FILE).is_file()
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""
@@ -217,16 +222,15 @@ def test_two_node_cluster_runs_trials_on_both_nodes(synthetic_root, tmp_path):
     storage, name = tmp_path / "shared_results", "cluster"
     script = tmp_path / "cluster_search.py"
     script.write_text(CLUSTER_SCRIPT)
-    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "4", "--max-epochs", "2",
-            "--grace-period", "2", "--max-concurrent", "2", "--storage-path", str(storage),
+    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "2", "--max-epochs", "1",
+            "--grace-period", "1", "--max-concurrent", "2", "--storage-path", str(storage),
             "--name", name]
     done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True)
+                          env=SUBPROCESS_ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Ray cluster: 2 nodes" in done.stdout
+    assert "Ray cluster: 2 nodes" in done.stderr
     trials = load_trials(str(storage / name))
-    assert len(trials) == 4 and all(t.history for t in trials)
+    assert len(trials) == 2 and all(t.history for t in trials)
     nodes = {r["node_id"] for t in trials for r in t.history}
     assert len(nodes) == 2  # trials ran on both nodes ...
-    assert (storage / name / search_cli.BEST_FILE).is_file()  # ... into one experiment folder
+    assert (storage / name / BEST_FILE).is_file()  # ... into one experiment folder

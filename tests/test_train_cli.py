@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tune_dsr import demo
 from tune_dsr import train as train_cli
 from tune_dsr.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
-RANDOM_NETS = ["--edgeface", "random:edgeface_xxs", "--perceptual-weights", "random"]
+RANDOM_NETS = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],
+               "--perceptual-weights", demo.RANDOM_NETWORKS["perceptual_weights"]]
 
 
 def run_main(argv, capsys):
@@ -36,8 +38,23 @@ def test_demo_runs_and_writes_its_outputs(tmp_path, capsys):
     assert code == 0
     assert "Epoch 001 | train_loss=" in out and "(L1:" in out and "PSNR=" in out
     assert "          | val_loss=" in out and "Done: 1 epochs" in out
-    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "best.png"):
         assert (tmp_path / "demo" / name).is_file()
+    config = Config.from_json(tmp_path / "demo" / "config.json")
+    assert (config.model.width, config.model.depth) == (demo.TRAIN["width"], demo.TRAIN["depth"])
+
+
+def test_set_overrides_config_file_and_flags(synthetic_root, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, _, err = run_main(["--data-root", str(synthetic_root), *RANDOM_NETS, "--config",
+                             tiny_config_file(tmp_path), "--epochs", "1", "--set", "width=6",
+                             "--set", 'perceptual_layers={"relu1_2": 1.0}', "--set",
+                             "monitor=val_psnr", "--out", str(out_dir), "--no-progress"], capsys)
+    assert code == 0, err
+    config = Config.from_json(out_dir / "config.json")
+    assert config.model.width == 6 and config.model.depth == 1  # --set over the file's width
+    assert config.loss.perceptual_layers == {"relu1_2": 1.0}
+    assert config.train.monitor == "val_psnr"
 
 
 def test_vlr_size_comes_from_the_data_and_resume_goes_on(synthetic_root, tmp_path, capsys):
@@ -58,53 +75,60 @@ def test_vlr_size_comes_from_the_data_and_resume_goes_on(synthetic_root, tmp_pat
     assert [json.loads(line)["epoch"] for line in lines] == [1.0, 2.0]
 
 
-@pytest.mark.parametrize("problem", ["no_data", "missing_dir", "bad_key", "bad_value",
-                                     "missing_edgeface", "resume_without_state", "corrupt_image",
-                                     "vgg_missing"])
-def test_bad_input_is_one_paragraph_and_exit_2(problem, synthetic_root, tmp_path, capsys,
-                                               monkeypatch):
-    data = ["--data-root", str(synthetic_root)]
-    argv = [*data, *RANDOM_NETS, "--out", str(tmp_path / "out")]
-    expect: list[str]
-    if problem == "no_data":
-        argv, expect = [*RANDOM_NETS, "--out", str(tmp_path / "out")], ["no train_dir or val_dir"]
-    elif problem == "missing_dir":
-        argv[1], expect = str(tmp_path / "nowhere"), ["nowhere", "does not exist"]
-    elif problem == "bad_key":
-        config = tmp_path / "c.json"
-        config.write_text(json.dumps({"loss": {"lambda_identiy": 0.5}}))
-        argv += ["--config", str(config)]
-        expect = ["c.json", "lambda_identiy", "lambda_identity"]
-    elif problem == "bad_value":
-        argv += ["--batch-size", "0"]
-        expect = ["batch_size=0", "[1, 65536]"]
-    elif problem == "missing_edgeface":
-        argv += ["--edgeface", str(tmp_path / "edgeface_finetuned.pth")]
-        expect = ["edgeface_finetuned.pth"]
-    elif problem == "resume_without_state":
-        argv += ["--resume"]
-        expect = ["last.pt does not exist"]
-    elif problem == "corrupt_image":
-        copy = tmp_path / "data"
-        shutil.copytree(synthetic_root, copy)
-        victim = sorted((copy / "train_processed" / "hr_images").iterdir())[0]
-        victim.write_bytes(victim.read_bytes()[:40])
-        argv[1], expect = str(copy), [victim.name, "hr_images"]
-    else:  # VGG19 ImageNet weights not in the (empty) hub cache, nothing downloadable
-        argv += ["--perceptual-weights", "imagenet"]
-        expect = ["vgg19-dcbb9e9d.pth", "--perceptual-weights"]
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+def assert_refused(argv: list[str], words: list[str], tmp_path: Path, capsys) -> None:
+    """Exit 2, one paragraph naming `words`, no traceback, nothing trained."""
     code, _, err = run_main(argv, capsys)
     assert code == 2
-    for word in expect:
+    for word in words:
         assert word in err, (word, err)
     assert "Traceback" not in err and not (tmp_path / "out" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], ["batch_size=0", "[1, 65536]"]),
+    (["--edgeface", "{tmp}/edgeface_finetuned.pth"], ["edgeface_finetuned.pth"]),
+    (["--resume"], ["last.pt does not exist"]),
+    # VGG19 ImageNet weights not in the (empty) hub cache, and nothing can be downloaded.
+    (["--perceptual-weights", "imagenet"], ["vgg19-dcbb9e9d.pth", "--perceptual-weights"]),
+    (["--set", "lambda_identiy=0.5"], ["lambda_identiy", "lambda_identity"]),
+    (["--set", "width"], ["write KEY=VALUE"]),
+])
+def test_bad_flag_is_one_paragraph_and_exit_2(extra, words, synthetic_root, tmp_path, capsys,
+                                              monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+    argv = ["--data-root", str(synthetic_root), *RANDOM_NETS, "--out", str(tmp_path / "out"),
+            *(item.format(tmp=tmp_path) for item in extra)]
+    assert_refused(argv, words, tmp_path, capsys)
+
+
+def test_no_data_or_missing_data(tmp_path, capsys):
+    assert_refused([*RANDOM_NETS, "--out", str(tmp_path / "out")], ["no train_dir or val_dir"],
+                   tmp_path, capsys)
+    assert_refused(["--data-root", str(tmp_path / "nowhere"), *RANDOM_NETS, "--out",
+                    str(tmp_path / "out")], ["nowhere", "does not exist"], tmp_path, capsys)
+
+
+def test_bad_key_in_the_config_file(synthetic_root, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"loss": {"lambda_identiy": 0.5}}))
+    assert_refused(["--data-root", str(synthetic_root), *RANDOM_NETS, "--config", str(config),
+                    "--out", str(tmp_path / "out")],
+                   ["c.json", "lambda_identiy", "lambda_identity"], tmp_path, capsys)
+
+
+def test_corrupt_image(synthetic_root, tmp_path, capsys):
+    copy = tmp_path / "data"
+    shutil.copytree(synthetic_root, copy)
+    victim = sorted((copy / "train_processed" / "hr_images").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    assert_refused(["--data-root", str(copy), *RANDOM_NETS, "--out", str(tmp_path / "out")],
+                   [victim.name, "hr_images"], tmp_path, capsys)
 
 
 def test_real_cli_process_no_traceback_unless_debug(tmp_path):
     argv = [sys.executable, "-m", "tune_dsr.train", "--train-dir", str(tmp_path / "nope"),
             "--val-dir", str(tmp_path / "nope"), *RANDOM_NETS, "--out", str(tmp_path / "o")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "does not exist" in done.stderr

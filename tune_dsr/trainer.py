@@ -145,6 +145,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self._gallery: ValidationGallery | None = None
+        self._tensorboard: Any = None  # a tensorboardX writer, opened at the first grid
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
@@ -177,6 +178,9 @@ class Trainer:
                             self.epoch, self.monitor, patience)
                 stopped_early = True
                 break
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         return RunResult(self.epoch, self.best_epoch, dict(self.best_metrics), stopped_early,
                          list(self.history))
 
@@ -324,14 +328,22 @@ class Trainer:
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
+    def grid_probes(self) -> Tensor:
+        """Validation faces shown in the picture grid: the same every epoch, taking each
+        subject's first image in turn, then second images, so as many subjects as possible."""
+        order: dict[str, int] = {}
+        seen = []
+        for index, subject in enumerate(self.val_set.subjects):
+            seen.append((order.get(subject, 0), index))
+            order[subject] = order.get(subject, 0) + 1
+        return torch.tensor([index for _, index in sorted(seen)[:GRID_PROBES]])
+
     @torch.no_grad()
     def comparison_grid(self) -> Any:
         """A picture grid (PIL image) of fixed validation faces: VLR, bicubic, DSR (EMA), HR."""
         from tune_dsr.compare import comparison_grid
 
-        count = min(GRID_PROBES, len(self.val_set))
-        # Evenly spaced over the sorted names: several subjects, the same faces every epoch.
-        rows = torch.linspace(0, len(self.val_set) - 1, count).round().long().unique()
+        rows = self.grid_probes()
         vlr = self._to_device(self.val_set.vlr[rows])
         hr = self._to_device(self.val_set.hr[rows])
         with self._autocast():
@@ -348,14 +360,18 @@ class Trainer:
             return
         image = self.comparison_grid()
         image.save(self.out_dir / "best.png")
-        try:  # beside the scalars Tune (or the user) logs to the same folder
-            import numpy as np
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            return
-        with SummaryWriter(str(self.out_dir), filename_suffix=".grid") as writer:
-            writer.add_image("best_epoch_faces", np.asarray(image), self.epoch,
-                             dataformats="HWC")
+        # Beside the scalars that Tune (or the user) logs to the same folder.
+        if self._tensorboard is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # optional: the PNG is what matters
+                return
+            self._tensorboard = SummaryWriter(str(self.out_dir), filename_suffix=".faces")
+        import numpy as np
+
+        self._tensorboard.add_image("best_epoch_faces", np.asarray(image), self.epoch,
+                                    dataformats="HWC")
+        self._tensorboard.flush()
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
