@@ -59,8 +59,11 @@ def memory_faces(subjects: list[str], per_subject: int, vlr_size: int = 8, hr_si
             names.append(f"{subject}_{index:02d}.png")
     hr_float = torch.stack(hr)
     vlr_float = nn.functional.interpolate(hr_float, size=(vlr_size, vlr_size), mode="area")
-    as_bytes = (lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8))
-    return PairedFaces(names, as_bytes(vlr_float), as_bytes(hr_float))
+    return PairedFaces(names, _as_bytes(vlr_float), _as_bytes(hr_float))
+
+
+def _as_bytes(images: Tensor) -> Tensor:
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- searches

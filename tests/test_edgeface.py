@@ -202,24 +202,30 @@ class _RunsShell:
         return os.system, (self.command,)
 
 
-@pytest.mark.parametrize("where", ["top", "inside_config"])
-def test_malicious_pickle_is_refused_without_running(where: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    marker = tmp_path / "pwned"
-    payload = _RunsShell(f"touch {marker}")
-    if where == "top":
-        checkpoint: Any = {"state_dict": build_edgeface("edgeface_xxs").state_dict(),
-                           "hook": payload}
-    else:  # a FinetuneConfig stand-in must not open the door to anything else
-        config = _finetune_config_class(monkeypatch, "__main__")()
-        config.backbone = payload
-        checkpoint = {"backbone_state_dict": build_edgeface("edgeface_xxs").state_dict(),
-                      "config": config}
+def _assert_refused_without_running(checkpoint: Any, marker: Path, tmp_path: Path) -> None:
     path = _save(checkpoint, tmp_path / "evil.pt")
     with pytest.raises(EdgeFaceError, match="Python objects other than tensors") as info:
         load_edgeface(str(path))
     assert "system" in str(info.value) and "state_dict()" in str(info.value)
     assert not marker.exists()
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    checkpoint = {"state_dict": build_edgeface("edgeface_xxs").state_dict(),
+                  "hook": _RunsShell(f"touch {marker}")}
+    _assert_refused_without_running(checkpoint, marker, tmp_path)
+
+
+def test_malicious_pickle_inside_a_finetune_config_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FinetuneConfig stand-in must not open the door to anything else."""
+    marker = tmp_path / "pwned"
+    config = _finetune_config_class(monkeypatch, "__main__")()
+    config.backbone = _RunsShell(f"touch {marker}")
+    checkpoint = {"backbone_state_dict": build_edgeface("edgeface_xxs").state_dict(),
+                  "config": config}
+    _assert_refused_without_running(checkpoint, marker, tmp_path)
 
 
 def test_pickled_whole_module_is_refused(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_perceptual_layers_by_name(boring_nets):
 
 def test_identity_and_feature_match_train_dsr_through_the_real_edgeface(loss_nets):
     """Integration: the real EdgeFace (xxs, random weights) at 112 px passes gradient to DSR."""
-    identity_net, vgg = loss_nets
+    identity_net, _ = loss_nets
     model, vlr, hr = _dsr_and_batch(hr_size=112)
     cfg = LossConfig(lambda_l1=0.0, lambda_perceptual=0.0, lambda_tv=0.0)
     terms = DSRLoss(cfg, identity_net, None)(model(vlr), hr)

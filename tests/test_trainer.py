@@ -1,17 +1,15 @@
+"""The training loop on in-memory faces (8 px -> 32 px) with the boring identity network."""
+
 import json
 import math
 
 import pytest
 import torch
 
-from tune_dsr.config import Config
+from tune_dsr.config import METRICS, Config
 from tune_dsr.errors import ConfigError
 from tune_dsr.models.dsr import load_dsr
 from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
-
-"""The training loop on in-memory faces (8 px -> 32 px) with the boring identity network."""
-
-from tune_dsr.config import METRICS
 
 EXPECTED_KEYS = {
     *METRICS, "epoch", "lr", "train_loss", "images_per_s", "epoch_seconds", "train_psnr",
@@ -39,7 +37,8 @@ def _trainer(config, memory_sets, boring_nets, **kwargs):
 
 def test_callback_gets_every_metric_each_epoch(unit_config, memory_sets, boring_nets, tmp_path):
     recorder = Recorder()
-    trainer = _trainer(unit_config, memory_sets, boring_nets, callbacks=[recorder], out_dir=tmp_path)
+    trainer = _trainer(unit_config, memory_sets, boring_nets, callbacks=[recorder],
+                       out_dir=tmp_path)
     result = trainer.fit()
     assert result.epochs_run == 2 and len(recorder.epochs) == 2
     assert recorder.batches == 2 * math.ceil(len(memory_sets[0]) / 4)
