@@ -17,6 +17,8 @@ from tune_dsr.cli import add_debug_flag, add_set_flag, parse_settings, run_cli
 from tune_dsr.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from tune_dsr.config import Config
     from tune_dsr.trainer import Trainer
 
@@ -29,12 +31,12 @@ class EpochPrinter:
     def __init__(self, progress: bool) -> None:
         self.progress = progress
 
-    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: float) -> None:
+    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: Tensor) -> None:
         if not self.progress:
-            return
+            return  # reading the loss would wait for the device
         done = int(30 * batch / num_batches)
         print(f"\rEpoch {trainer.epoch + 1:03d} [{'#' * done}{'.' * (30 - done)}] "
-              f"{batch}/{num_batches} loss={loss:.4f}", end="", file=sys.stderr, flush=True)
+              f"{batch}/{num_batches} loss={float(loss):.4f}", end="", file=sys.stderr, flush=True)
         if batch == num_batches:
             print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
 

@@ -46,9 +46,11 @@ class Callback(Protocol):
     def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: Tensor) -> None:
         """After each training batch (1-based `batch`); `loss` is the detached total on the
         device: reading it (``float(loss)``) waits for the device, so do it only when needed."""
+        return None
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After each epoch's validation, with every metric of that epoch."""
+        return None
 
 
 @dataclass
@@ -120,13 +122,13 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = DSR(config.model).to(self.device, memory_format=self.memory_format)
+        self.model = DSR(config.model).to(self.device).to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         # The compiled module shares its parameters with `model`, which is what gets saved.
-        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model: Any = torch.compile(self.model) if cfg.compile else self.model
         perceptual = Perceptual(vgg, config.loss) if vgg is not None else None
-        self.loss = DSRLoss(config.loss, identity_net, perceptual).to(
-            self.device, memory_format=self.memory_format)
+        self.loss = DSRLoss(config.loss, identity_net, perceptual).to(self.device).to(
+            memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

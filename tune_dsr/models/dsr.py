@@ -63,12 +63,15 @@ class DSR(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.vlr_size is None:
+            raise ValueError("DSR needs a VLR size; an unset vlr_size means 'read it off the "
+                             "data', which the trainer does before it builds DSR")
         self.config = config
         width = config.width
         self.head = nn.Conv2d(3, width, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(width) for _ in range(config.depth)))
         stages: list[nn.Module] = []
-        for factor in upscale_factors(config.vlr_size, config.hr_size):
+        for factor in upscale_factors(int(config.vlr_size), config.hr_size):
             stages += [nn.Conv2d(width, width * factor**2, 3, padding=1),
                        nn.PixelShuffle(factor), nn.PReLU(width)]
         self.upsample = nn.Sequential(*stages)

@@ -4,7 +4,7 @@ DSR's identity and feature-matching losses compare EdgeFace on SR and HR faces. 
 to reach DSR, EdgeFace must be frozen (eval mode, no parameter gradients) yet differentiable with
 respect to its input, and must hand back its intermediate activations from the same forward pass
 that produced the embedding (the original ran it under ``no_grad`` and hooked detached
-activations; see REFERENCE.md, "Its defects").
+activations; see docs/background.md, "Defects").
 
 Reading checkpoint files is `tune_dsr.models.checkpoints.load_edgeface`.
 """
@@ -38,11 +38,11 @@ _EDGENEXT: dict[str, tuple[str, float | None]] = {
 }
 _LOAD_ONLY = ("edgeface_xs",)
 
-# Width of the stem conv tells the EdgeNeXt size apart (REFERENCE.md, "stage channels").
+# Width of the stem conv tells the EdgeNeXt size apart (docs/background.md, "EdgeFace variants").
 _STEM_WIDTH = {24: "edgenext_xx_small", 32: "edgenext_x_small", 48: "edgenext_small",
                80: "edgenext_base"}
 
-# The original project's LDC backbone, (in, out, stride, hidden) per block (REFERENCE.md).
+# The original project's LDC backbone, (in, out, stride, hidden) per block (docs/background.md, "EdgeFace variants").
 _LDC_BLOCKS = ((32, 64, 2, 64), (64, 64, 1, 128), (64, 128, 2, 128), (128, 128, 1, 256),
                (128, 128, 1, 256), (128, 256, 2, 256)) + ((256, 256, 1, 512),) * 4
 # Indices into `features` whose outputs are the feature-matching taps: the stem (56×56) and the
