@@ -1,73 +1,453 @@
-"""Read a search's experiment folder into pandas: one row per trial, or one row per epoch.
+"""Read a search's experiment folder: its trials, their epochs, ASHA's rungs, the Optuna study.
 
-Works on a local folder or a storage URI (through pyarrow's filesystems) and needs no running Ray:
-every trial folder holds ``params.json`` (its full config) and ``result.json`` (one JSON line per
-reported epoch).
+    from tune_dsr.analysis import load_experiment
+    exp = load_experiment("tune_results/NAME")        # or "s3://bucket/tune_results/NAME"
+    exp.trials                  # one row per trial, best first by the search's objective
+    exp.history                 # one row per trial and epoch
+    exp.top(5, "val_psnr")      # the five best trials by another metric
+    exp.pareto("val_psnr", "val_margin")
+    exp.importance(), exp.rungs(), exp.best_checkpoint()
+
+`load_experiment` reads the folder once; every method works on what it read, so a notebook can
+ask many questions of a large or remote experiment cheaply. It needs no running Ray, and works
+on a search that is still running or was interrupted: trials with no epoch yet, half-written
+result lines and ERROR trials are all expected. The folder can be local or a storage URI
+(through pyarrow's filesystems): every trial folder holds ``params.json`` (its full config) and
+``result.json`` (one JSON line per reported epoch), and the search adds ``search_plan.json`` and
+``optuna_study.db`` (`tune_dsr.experiment`).
+
+The functions below `Experiment` (`load_trials`, `trials_frame`, `history_frame`, `epochs_saved`,
+`unfinished_trials`) are the lower-level readers that export and the search use.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import math
+import os
+import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
+from tune_dsr.config import direction
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import filesystem, is_uri
+from tune_dsr.experiment import STUDY_FILE, SearchPlan, filesystem, is_uri, join
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "Experiment",
+    "TrialRecord",
+    "asha_milestones",
+    "epochs_saved",
+    "history_frame",
+    "load_experiment",
+    "load_trials",
+    "trials_frame",
+    "unfinished_trials",
+]
+
+logger = logging.getLogger(__name__)
+
+# Tune statuses of a trial that has not ended: the search is running, or was interrupted.
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+# The columns of `trials_frame` before its metric/... and config/... columns.
+BASE_COLUMNS = ["trial_id", "value", "best_epoch", "epochs_run", "stopped_early", "error",
+                "status", "path", "checkpoint"]
 
 
 @dataclass
 class TrialRecord:
+    """One trial folder as read: its config, one result per epoch, and how it ended."""
+
     trial_id: str
-    path: str
+    path: str  # local absolute path or URI of the trial folder
     config: dict[str, Any]
     history: list[dict[str, Any]]
     error: bool
+    status: str | None = None  # Tune's status (TERMINATED, ERROR, RUNNING...); None if unknown
+    files: frozenset[str] = field(default_factory=frozenset)  # names in the trial folder
 
     @property
     def epochs_run(self) -> int:
         return int(max((r.get("epoch", 0) for r in self.history), default=0))
 
+    @property
+    def unfinished(self) -> bool:
+        """Still running, pending or paused: its epochs so far are not its last."""
+        return self.status in UNFINISHED
+
     def latest_checkpoint(self) -> str | None:
         checkpoints = [r["checkpoint_dir_name"] for r in self.history
                        if r.get("checkpoint_dir_name")]
-        return f"{self.path}/{checkpoints[-1]}" if checkpoints else None
+        return join(self.path, checkpoints[-1]) if checkpoints else None
 
+
+# ----------------------------------------------------------------------------- the experiment
+
+class Experiment:
+    """A search's experiment folder, read once by `load_experiment`.
+
+    `trials` and `history` are the frames of `trials_frame` and `history_frame`, ranked by the
+    search's objective (`metric`, `mode`); the methods rank by other metrics from the same
+    records, without reading the folder again.
+    """
+
+    def __init__(self, path: str, plan: SearchPlan | None, records: list[TrialRecord],
+                 statuses: dict[str, str], metric: str, mode: str) -> None:
+        self.path = path
+        self.plan = plan
+        self.records = records
+        self.statuses = statuses  # every trial Tune knows of, folders or not yet
+        self.metric, self.mode = metric, mode
+        self.max_epochs = plan.max_epochs if plan else _full_length(records)
+        self._ranked: dict[str, pd.DataFrame] = {}
+        self.trials = self._ranking(metric)  # checks the metric was reported
+        self.history = _history(records)
+
+    def __repr__(self) -> str:
+        unfinished = f", {len(self.unfinished)} unfinished" if self.unfinished else ""
+        return (f"Experiment({self.path!r}: {len(self.records)} trials{unfinished}, "
+                f"objective {self.mode} {self.metric})")
+
+    # ------------------------------------------------------------ what the folder holds
+    @property
+    def unfinished(self) -> list[str]:
+        """Trials a running or interrupted search has not ended (``--resume`` continues them)."""
+        return [t for t, s in self.statuses.items() if s in UNFINISHED]
+
+    @cached_property
+    def distributions(self) -> dict[str, Any]:
+        """The searched hyperparameters and their Optuna ranges: as the stored study recorded
+        them, else the plan's preset minus its pins (a preset may have been edited since, or a
+        user's preset file be missing here). Empty without a plan (plain Ray Tune)."""
+        if self.plan is None:
+            return {}
+        space: dict[str, Any] = {}
+        for trial in self.study.get_trials(deepcopy=False) if self.study else []:
+            space.update(trial.distributions)
+        if not space:
+            from search_spaces import load_preset
+
+            space = load_preset(self.plan.space).distributions()
+        return {k: d for k, d in space.items() if k not in self.plan.pins}
+
+    @property
+    def searched(self) -> list[str]:
+        """The searched hyperparameters: the plan's, or without one whatever varied."""
+        if self.plan is not None:
+            return list(self.distributions)
+        return [c.removeprefix("config/") for c in self.trials.columns
+                if c.startswith("config/") and self.trials[c].astype(str).nunique() > 1]
+
+    @cached_property
+    def study(self) -> optuna.Study | None:
+        """The search's Optuna study, or None where it cannot be found (an experiment on a URI
+        keeps it on the machine that ran the search; plain Ray Tune has none)."""
+        if self.plan is None:
+            return None
+        # A local experiment keeps its study inside, wherever the folder has been moved to.
+        study_path = self.plan.study_path if is_uri(self.path) else Path(self.path) / STUDY_FILE
+        if not study_path.is_file():  # loading a missing SQLite file would create it
+            return None
+        import optuna
+
+        storage = f"sqlite:///{study_path}"
+        names = optuna.get_all_study_names(storage)
+        name = self.plan.name if self.plan.name in names or len(names) != 1 else names[0]
+        return optuna.load_study(study_name=name, storage=storage)
+
+    def trial(self, trial_id: str) -> TrialRecord:
+        """One trial's record; ConfigError naming the trials for an unknown id."""
+        for record in self.records:
+            if record.trial_id == trial_id:
+                return record
+        raise ConfigError(f"no trial {trial_id!r} in {self.path}; its trials: "
+                          f"{', '.join(r.trial_id for r in self.records)}")
+
+    # ------------------------------------------------------------ ranking
+    def _ranking(self, metric: str) -> pd.DataFrame:
+        if metric not in self._ranked:
+            mode = self.mode if metric == self.metric else direction(metric)
+            self._ranked[metric] = trials_frame(self.records, metric, mode, self.max_epochs)
+        return self._ranked[metric]
+
+    def top(self, k: int = 5, metric: str | None = None) -> pd.DataFrame:
+        """The `k` best trials by `metric` (default: the objective), each at its best epoch by
+        that metric; indexed by rank from 1, the rank ``tune_dsr.export --rank`` takes.
+
+        Trials with no value yet (no epoch reported, or failed at once) are left out.
+        """
+        ranked = self._ranking(metric or self.metric)
+        top = ranked[ranked["value"].notna()].head(k)
+        return top.set_axis(pd.RangeIndex(1, len(top) + 1, name="rank"))
+
+    def pareto(self, x: str, y: str) -> pd.DataFrame:
+        """The trials no other trial beats on both `x` and `y` (each metric's better direction
+        from `tune_dsr.config.METRICS`), sorted best first by `x`.
+
+        Each trial is taken at its best epoch by the objective, the epoch its ``best.pt`` holds,
+        so every point on the front is a model one can pick (other epochs' weights are gone).
+        """
+        columns, signs = [], []
+        for metric in (x, y):
+            signs.append(1.0 if direction(metric) == "max" else -1.0)
+            column = f"metric/{metric}"
+            if column not in self.trials:
+                raise ConfigError(f"metric {metric!r} was not reported by any trial of "
+                                  f"{self.path}")
+            columns.append(column)
+        frame = self.trials.dropna(subset=columns)
+        points = frame[columns].to_numpy(dtype=float) * np.array(signs)  # higher is better
+        at_least = (points[None, :, :] >= points[:, None, :]).all(axis=-1)
+        better = (points[None, :, :] > points[:, None, :]).any(axis=-1)
+        dominated = (at_least & better).any(axis=1)  # [i]: some trial j beats trial i
+        front = frame[~dominated]
+        return front.sort_values(columns[0], ascending=signs[0] < 0, kind="stable",
+                                 ignore_index=True)
+
+    def rungs(self) -> pd.DataFrame:
+        """The trials that reached each of ASHA's rungs, from the plan's grace period, reduction
+        factor and epochs: one row per rung (index: its epoch), the last one the full length.
+
+        ``reached`` counts the trials that ran at least that many epochs, ``trial_ids`` lists
+        them best first: how many survived each cut, and whether the winner was ever at risk.
+        """
+        if self.plan is None:
+            raise ConfigError(f"{self.path} has no search plan, so ASHA's rungs are unknown")
+        rows = []
+        for rung in asha_milestones(self.plan.grace_period, self.plan.reduction_factor,
+                                    self.plan.max_epochs):
+            reached = self.trials[self.trials["epochs_run"] >= rung]["trial_id"].tolist()
+            rows.append({"rung": rung, "reached": len(reached), "trial_ids": reached})
+        return pd.DataFrame(rows).set_index("rung")
+
+    # ------------------------------------------------------------ files of the best trial
+    def best_checkpoint(self, metric: str | None = None) -> str:
+        """The best trial's model by `metric` (default: the objective), for evaluate, compare
+        or fine-tuning: its ``best.pt`` (the EMA weights of its best epoch by the search's
+        objective) if written, else its latest Tune checkpoint folder."""
+        ranked = self.top(1, metric)
+        if ranked.empty:
+            raise ConfigError(f"no trial of {self.path} has reported "
+                              f"{metric or self.metric} yet")
+        record = self.trial(ranked["trial_id"].iloc[0])
+        if "best.pt" in record.files:
+            return join(record.path, "best.pt")
+        checkpoint = record.latest_checkpoint()
+        if checkpoint is None or checkpoint.rsplit("/", 1)[-1] not in record.files:
+            raise ConfigError(f"trial {record.trial_id} ({record.path}) holds neither best.pt "
+                              "nor a Tune checkpoint")
+        return checkpoint
+
+    def picture(self, trial_id: str | None = None) -> bytes | None:
+        """A trial's picture grid (PNG bytes) of fixed validation faces at its best epoch:
+        VLR, bicubic, DSR and HR (``best.png``); default the best trial. None if not written."""
+        if trial_id is None:
+            ranked = self.top(1)
+            if ranked.empty:
+                return None
+            trial_id = str(ranked["trial_id"].iloc[0])
+        record = self.trial(trial_id)
+        if "best.png" not in record.files:
+            return None
+        fs, inner = filesystem(join(record.path, "best.png"))
+        with fs.open_input_stream(inner) as f:
+            return bytes(f.read())
+
+    # ------------------------------------------------------------ importance
+    def importance(self, metric: str | None = None, *, partial: bool = True) -> pd.Series:
+        """How much of `metric`'s variation (default: the objective) each searched
+        hyperparameter explains, by Optuna's importance evaluators; largest first, summing to 1.
+
+        For the objective the trials come from the stored Optuna study. Optuna alone counts only
+        COMPLETE trials, and ASHA stops most of a search's trials; with `partial` (the default)
+        the trials that did not run to the end (PRUNED by ASHA, or still running) count too, with
+        their best value so far: the value they are ranked by. A stopped trial's value is
+        pessimistic, which is why ASHA stopped it. For another metric, or without a study,
+        each trial's best value of that metric is used the same way. FAIL trials never count.
+        The series' name says which evaluator answered and from how many trials.
+        """
+        import optuna
+
+        metric = metric or self.metric
+        mode = self.mode if metric == self.metric else direction(metric)
+        if metric == self.metric and self.study is not None:
+            trials = _study_trials(self.study, partial)
+        else:
+            trials = self._frame_trials(metric, partial)
+        which = "trials" if partial else "trials that ran to the end"
+        if len(trials) < 2:
+            raise ConfigError(f"parameter importances need at least 2 {which} with a {metric} "
+                              f"value; {self.path} has {len(trials)}"
+                              + ("" if partial else "; try partial=True"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            verbosity = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
+            try:
+                study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+            finally:
+                optuna.logging.set_verbosity(verbosity)
+            study.add_trials(trials)
+            importances, evaluator = _param_importances(study)
+        series = pd.Series(importances, dtype=float).sort_values(ascending=False)
+        series.name = f"importance for {metric} ({evaluator}, {len(trials)} {which})"
+        return series
+
+    def _frame_trials(self, metric: str, partial: bool) -> list[Any]:
+        """Optuna trials built from the Tune trials' best values of `metric`."""
+        import optuna
+
+        if not self.distributions:
+            raise ConfigError(f"{self.path} has no search plan, so the searched "
+                              "hyperparameters and their ranges are unknown")
+        ranked = self._ranking(metric)
+        trials = []
+        for row in ranked[ranked["value"].notna() & ~ranked["error"]].itertuples():
+            record = self.trial(str(row.trial_id))
+            if not partial and (record.unfinished or record.epochs_run < self.max_epochs):
+                continue
+            params = {k: record.config[k] for k in self.distributions if k in record.config}
+            try:
+                trials.append(optuna.trial.create_trial(
+                    params=params, distributions={k: self.distributions[k] for k in params},
+                    value=float(row.value)))
+            except ValueError as exc:  # e.g. a value outside a range edited since the search
+                logger.warning("trial %s left out of the importances: %s", row.trial_id, exc)
+        return trials
+
+
+def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> Experiment:
+    """Read an experiment folder (local or URI) once: its plan, trials and epochs.
+
+    `metric` ranks the trials (default: the search's objective, from its plan); an experiment
+    from plain Ray Tune has no plan and needs it. ConfigError for a folder that holds no
+    search, or a metric that is unknown or was not reported.
+    """
+    where = str(path)
+    where = where.rstrip("/") if is_uri(where) else str(Path(where).expanduser().resolve())
+    if metric is not None:
+        direction(metric)  # an unknown metric is named before anything is read
+    plan = SearchPlan.find(where)
+    records, statuses = _read_experiment(where, allow_empty=plan is not None)
+    if metric is None:
+        if plan is None:
+            raise ConfigError(f"{where} has no search plan (search_plan.json) to take the "
+                              "objective from; pass metric=")
+        metric = plan.metric
+    mode = plan.mode if plan is not None and metric == plan.metric else direction(metric)
+    return Experiment(where, plan, records, statuses, metric, mode)
+
+
+def asha_milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
+    """The epochs at which ASHA compares trials, as Ray's ASHAScheduler sets them:
+    grace_period × reduction_factor^k below max_epochs; then max_epochs, the end."""
+    if grace_period < 1 or reduction_factor <= 1 or max_epochs < 1:
+        raise ConfigError(f"ASHA needs grace_period >= 1, reduction_factor > 1 and max_epochs "
+                          f">= 1, but got ({grace_period}, {reduction_factor}, {max_epochs})")
+    rungs: list[int] = []
+    milestone = float(grace_period)
+    while milestone < max_epochs:
+        # A trial reports whole epochs; Ray compares it once it has reached the milestone.
+        rungs.append(math.ceil(milestone))
+        milestone *= reduction_factor
+    return sorted({*rungs, max_epochs})
+
+
+def _study_trials(study: optuna.Study, partial: bool) -> list[Any]:
+    """The study's COMPLETE trials and, with `partial`, the PRUNED and RUNNING ones that
+    reported, valued at their best intermediate value (a PRUNED trial's own value is its last)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    trials = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            value = trial.value
+        elif (partial and trial.state in (TrialState.PRUNED, TrialState.RUNNING)
+              and trial.intermediate_values):
+            value = pick(trial.intermediate_values.values())
+        else:
+            continue
+        trials.append(optuna.trial.create_trial(params=trial.params,
+                                                distributions=trial.distributions, value=value))
+    return trials
+
+
+def _param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """fANOVA (seeded, so the same study gives the same answer) where scikit-learn is installed,
+    else PED-ANOVA, which needs nothing more; and the name of the one that answered."""
+    import optuna
+
+    try:
+        evaluator: optuna.importance.BaseImportanceEvaluator = (
+            optuna.importance.FanovaImportanceEvaluator(seed=0))
+        name = "fANOVA"
+    except ImportError:  # fANOVA's random forest is scikit-learn's
+        evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+    return optuna.importance.get_param_importances(study, evaluator=evaluator), name
+
+
+# ----------------------------------------------------------------------------- the readers
 
 def load_trials(experiment: str) -> list[TrialRecord]:
     """Every trial of an experiment with its config and per-epoch results."""
+    where = experiment if is_uri(experiment) else str(Path(experiment).expanduser().resolve())
+    return _read_experiment(where, allow_empty=False)[0]
+
+
+def _read_experiment(experiment: str, allow_empty: bool
+                     ) -> tuple[list[TrialRecord], dict[str, str]]:
+    """The trials of the folder `experiment` (an absolute path or a URI), sorted by folder, and
+    Tune's status of every trial it knows of."""
     import pyarrow.fs
 
     fs, root = filesystem(experiment)
-    info = fs.get_file_info(root)
-    if info.type != pyarrow.fs.FileType.Directory:
-        raise ConfigError(f"experiment folder {experiment} does not exist; give the folder a "
-                          "search wrote (<storage-path>/<name>)")
-    trials = []
-    scheme = experiment.split("://", 1)[0] + "://" if is_uri(experiment) else ""
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        raise ConfigError(f"experiment folder {experiment} does not exist or is not a folder; "
+                          "give the folder a search wrote (<storage-path>/<name>)")
     entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
     statuses = _trial_statuses(fs, entries)
+    trials = []
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.Directory:
             continue
         names = {e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(entry.path))}
         if "params.json" not in names:
             continue
-        with fs.open_input_stream(f"{entry.path}/params.json") as f:
-            config = json.loads(f.read().decode())
+        try:
+            with fs.open_input_stream(f"{entry.path}/params.json") as f:
+                config = json.loads(f.read().decode())
+        except json.JSONDecodeError:  # caught while Tune writes it: the trial is just starting
+            logger.warning("%s: params.json is incomplete; trial left out", entry.path)
+            continue
         history = _read_history(fs, entry.path, names)
         trial_id = history[0]["trial_id"] if history else entry.base_name.split("_")[-1]
         # error.txt stays behind when a retry recovered: the experiment state has the verdict.
         status = statuses.get(trial_id)
         error = status == "ERROR" if status else "error.txt" in names
-        trials.append(TrialRecord(trial_id, scheme + entry.path, config, history, error))
-    if not trials:
+        trials.append(TrialRecord(trial_id, join(experiment, entry.base_name), config, history,
+                                  error, status, frozenset(names)))
+    if not trials and not allow_empty:
         raise ConfigError(f"{experiment} holds no trials (no trial folder with params.json); is "
                           "it an experiment folder written by tune_dsr.search?")
-    return sorted(trials, key=lambda t: t.path)
+    return sorted(trials, key=lambda t: t.path), statuses
+
+
+def _complete_lines(text: str) -> str:
+    """`text` up to its last newline: a running trial's last line may be half written."""
+    return text[: text.rfind("\n") + 1]
 
 
 def _read_history(fs: Any, folder: str, names: set[str]) -> list[dict[str, Any]]:
@@ -79,11 +459,11 @@ def _read_history(fs: Any, folder: str, names: set[str]) -> list[dict[str, Any]]
     logs: list[list[dict[str, Any]]] = [[]]
     if "result.json" in names:
         with fs.open_input_stream(f"{folder}/result.json") as f:
-            logs.append([json.loads(line) for line in f.read().decode().splitlines()
-                         if line.strip()])
+            lines = _complete_lines(f.read().decode()).splitlines()
+        logs.append([json.loads(line) for line in lines if line.strip()])
     if "progress.csv" in names:
         with fs.open_input_stream(f"{folder}/progress.csv") as f:
-            text = f.read().decode()
+            text = _complete_lines(f.read().decode())
         if text.strip():
             frame = pd.read_csv(io.StringIO(text))
             logs.append([{k: _python(v) for k, v in row.items()}
@@ -104,13 +484,18 @@ def _python(value: Any) -> Any:
 
 
 def _trial_statuses(fs: Any, entries: list[Any]) -> dict[str, str]:
-    """Trial id -> final Tune status, from the newest experiment_state-*.json (if any)."""
+    """Trial id -> Tune status, from the newest experiment_state-*.json (if any)."""
     states = sorted(e.path for e in entries if e.base_name.startswith("experiment_state-")
                     and e.base_name.endswith(".json"))
     if not states:
         return {}
     with fs.open_input_stream(states[-1]) as f:
-        data = json.loads(f.read().decode())
+        text = f.read().decode()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:  # caught mid-write: the trial folders still tell errors apart
+        logger.warning("%s is incomplete; trial statuses unknown", states[-1])
+        return {}
     statuses = {}
     for entry in data.get("trial_data", []):
         meta = json.loads(entry[0])
@@ -124,13 +509,17 @@ def unfinished_trials(experiment: str) -> list[str]:
 
     fs, root = filesystem(experiment)
     statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)))
-    return [t for t, s in statuses.items() if s in ("RUNNING", "PENDING", "PAUSED")]
+    return [t for t, s in statuses.items() if s in UNFINISHED]
+
+
+def _history(trials: list[TrialRecord]) -> pd.DataFrame:
+    rows = [{"trial_id": t.trial_id, **r} for t in trials for r in t.history]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["trial_id", "epoch"])
 
 
 def history_frame(experiment: str) -> pd.DataFrame:
     """One row per (trial, epoch) with every reported metric."""
-    rows = [{"trial_id": t.trial_id, **r} for t in load_trials(experiment) for r in t.history]
-    return pd.DataFrame(rows)
+    return _history(load_trials(experiment))
 
 
 def _trials(experiment: str | list[TrialRecord]) -> list[TrialRecord]:
@@ -138,17 +527,24 @@ def _trials(experiment: str | list[TrialRecord]) -> list[TrialRecord]:
     return load_trials(experiment) if isinstance(experiment, str) else experiment
 
 
+def _full_length(trials: list[TrialRecord]) -> int:
+    """The epochs a trial runs unless stopped: the longest configured."""
+    return max((int(t.config.get("epochs", 0)) for t in trials), default=0)
+
+
 def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
                  max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial: best `metric` (over its epochs), the epoch it came at, epochs run, whether
-    it was stopped early, its metrics at that epoch (``metric/...``) and config (``config/...``).
+    it was stopped early, Tune's status, its metrics at that epoch (``metric/...``) and config
+    (``config/...``).
 
-    Sorted best first; trials with no reported epoch come last.
+    Sorted best first; trials with no reported epoch come last. A trial still running (or left
+    unfinished by an interrupt) is not "stopped early": its later epochs may yet come.
     """
     if mode not in ("min", "max"):
         raise ConfigError(f"mode={mode!r} must be 'min' or 'max'")
     trials = _trials(experiment)
-    full = max_epochs or max((int(t.config.get("epochs", 0)) for t in trials), default=0)
+    full = max_epochs or _full_length(trials)
     rows = []
     for t in trials:
         values = [r for r in t.history if isinstance(r.get(metric), (int, float))]
@@ -156,15 +552,17 @@ def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
             raise ConfigError(f"metric {metric!r} was not reported by trial {t.trial_id}; "
                               f"reported: {', '.join(sorted(k for k in t.history[-1]))}")
         best = (min if mode == "min" else max)(values, key=lambda r: r[metric]) if values else {}
+        stopped = 0 < t.epochs_run < full and not t.error and not t.unfinished
         row: dict[str, Any] = {
             "trial_id": t.trial_id, "value": best.get(metric), "best_epoch": best.get("epoch"),
-            "epochs_run": t.epochs_run, "stopped_early": 0 < t.epochs_run < full and not t.error,
-            "error": t.error, "path": t.path, "checkpoint": t.latest_checkpoint()}
+            "epochs_run": t.epochs_run, "stopped_early": stopped, "error": t.error,
+            "status": t.status, "path": t.path, "checkpoint": t.latest_checkpoint()}
         row.update({f"metric/{k}": v for k, v in best.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         row.update({f"config/{k}": v for k, v in t.config.items()})
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=BASE_COLUMNS)
+    frame["value"] = frame["value"].astype(float)  # None (no epoch yet) as NaN
     return frame.sort_values("value", ascending=(mode == "min"), na_position="last",
                              ignore_index=True)
 
