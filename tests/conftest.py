@@ -24,11 +24,13 @@ UNIT = {"vlr_size": 8, "hr_size": 32, "width": 8, "depth": 1, "batch_size": 4, "
         "warmup_epochs": 1, "lr": 1e-3, "device": "cpu"}
 # The integration tests' smallest run on synthetic face files (16 px -> 112 px), real networks.
 TINY = demo.TINY
-# The end-to-end search's length, and the knobs it pins: bicubic_residual on, since without it a
-# new net starts mid-grey and its first epochs look so bad that every later trial beats it, which
-# would leave ASHA nothing to stop.
+# The end-to-end searches run on 8 px -> 32 px synthetic faces (`search_root`): what they test
+# is Ray, Optuna and ASHA around real trainings, and at 32 px an epoch costs a tenth of one at
+# 112 px. The knobs they pin: a tiny DSR, and bicubic_residual on, since without it a new net
+# starts mid-grey and its first epochs look so bad that every later trial beats it, which would
+# leave ASHA nothing to stop.
 SEARCH_EPOCHS = 4
-SEARCH_PINS = {"width": 8, "depth": 1, "batch_size": 4, "bicubic_residual": True}
+SEARCH_PINS = {"width": 8, "depth": 1, "batch_size": 4, "bicubic_residual": True, "hr_size": 32}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +61,16 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("faces")
     make_synthetic_dataset(root, subjects=6, per_subject=2, vlr_sizes=(16,), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic faces for the end-to-end searches: 8 px -> 32 px, 6 subjects x 2 images."""
+    from tune_dsr.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("search_faces")
+    make_synthetic_dataset(root, subjects=6, per_subject=2, vlr_sizes=(8,), hr_size=32, seed=0)
     return root
 
 
@@ -97,7 +109,8 @@ def ray_session():
 
 
 def search_options(root: Path, **overrides: Any) -> Any:
-    """SearchOptions of a tiny recognition_first search on the synthetic faces under `root`."""
+    """SearchOptions of a tiny recognition_first search on the synthetic faces under `root`
+    (`search_root`)."""
     from tune_dsr.tuning import SearchOptions
 
     values: dict[str, Any] = {
@@ -108,7 +121,7 @@ def search_options(root: Path, **overrides: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def finished_search(ray_session, synthetic_root, tmp_path_factory) -> dict[str, Any]:
+def finished_search(ray_session, search_root, tmp_path_factory) -> dict[str, Any]:
     """Six trials of up to 4 epochs, ASHA stopping some; the first trial after the guide's to
     start diverges (a real NaN) in epoch 1 on every run, so it fails alone. Shared by the search,
     export, analysis and notebook tests."""
@@ -116,7 +129,7 @@ def finished_search(ray_session, synthetic_root, tmp_path_factory) -> dict[str, 
     from tests.helpers import run_poisoned_search
 
     guide = load_preset("recognition_first").first_config()
-    options = search_options(synthetic_root, name="e2e", num_samples=6,
+    options = search_options(search_root, name="e2e", num_samples=6,
                              max_epochs=SEARCH_EPOCHS, grace_period=1, reduction_factor=2,
                              max_concurrent=2, max_failures=1)
     return run_poisoned_search(tmp_path_factory.mktemp("tune"), tmp_path_factory.mktemp("marks"),

@@ -82,9 +82,9 @@ def test_nan_trial_fails_alone_and_the_search_goes_on(finished_search):
     assert sum(1 for t in trials if not t.error and t.history) == 5
 
 
-def test_failed_trial_is_retried_from_its_last_checkpoint(ray_session, synthetic_root, tmp_path):
+def test_failed_trial_is_retried_from_its_last_checkpoint(ray_session, search_root, tmp_path):
     """--max-failures 1: a trial that diverges in epoch 2 once goes on from its epoch-1 state."""
-    options = search_options(synthetic_root, name="retry", num_samples=1, max_epochs=3,
+    options = search_options(search_root, name="retry", num_samples=1, max_epochs=3,
                              max_failures=1)
     run = run_poisoned_search(tmp_path / "tune", tmp_path, options, {0: (2, False)})
     (trial,) = run["trials"]
@@ -118,7 +118,7 @@ def test_best_config_written_exported_and_trained(finished_search, tmp_path, cap
     config = Config.from_json(out)
     # The final run keeps the epoch the search would have picked, with the guide's patience.
     assert config.train.monitor == "val_margin" and config.train.early_stop_patience == 20
-    assert config.train.epochs == MAX_EPOCHS and config.model.vlr_size == 16
+    assert config.train.epochs == MAX_EPOCHS and config.model.vlr_size == 8
     assert config.model.width == 8 and config.data.train_dir.endswith("train_processed")
     assert config.loss.lambda_identity == winner.config["lambda_identity"]
 

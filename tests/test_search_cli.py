@@ -54,10 +54,10 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--set", "width"], ["write KEY=VALUE"]),
     (["--storage-path", "ftp://host/x"], ["unsupported URI scheme"]),
 ])
-def test_bad_arguments_fail_before_anything_starts(extra, words, synthetic_root, tmp_path,
+def test_bad_arguments_fail_before_anything_starts(extra, words, search_root, tmp_path,
                                                   capsys):
     storage = tmp_path / "results"
-    code, text = run_main([*data_args(synthetic_root), *TINY, "--storage-path", str(storage),
+    code, text = run_main([*data_args(search_root), *TINY, "--storage-path", str(storage),
                            "--name", "x", *extra], capsys)
     assert code == 2
     for word in words:
@@ -66,17 +66,17 @@ def test_bad_arguments_fail_before_anything_starts(extra, words, synthetic_root,
     assert not (storage / "x").exists()
 
 
-def test_gpus_that_are_not_there(synthetic_root, tmp_path, capsys):
+def test_gpus_that_are_not_there(search_root, tmp_path, capsys):
     import torch
 
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs")
-    code, text = run_main([*data_args(synthetic_root), *TINY, "--gpus", "8",
+    code, text = run_main([*data_args(search_root), *TINY, "--gpus", "8",
                            "--storage-path", str(tmp_path)], capsys)
     assert code == 2 and "CUDA device(s)" in text
 
 
-def test_missing_data_and_unreadable_edgeface(synthetic_root, tmp_path, capsys):
+def test_missing_data_and_unreadable_edgeface(search_root, tmp_path, capsys):
     storage = tmp_path / "results"
     code, text = run_main(["--train-dir", str(tmp_path / "nowhere"), "--val-dir",
                            str(tmp_path / "nowhere"), *TINY, "--storage-path", str(storage),
@@ -89,16 +89,16 @@ def test_missing_data_and_unreadable_edgeface(synthetic_root, tmp_path, capsys):
 
     broken = tmp_path / "edgeface_finetuned.pth"
     broken.write_bytes(b"this is not a checkpoint")
-    code, text = run_main([*data_args(synthetic_root), *TINY, "--edgeface", str(broken),
+    code, text = run_main([*data_args(search_root), *TINY, "--edgeface", str(broken),
                            "--storage-path", str(storage), "--name", "x"], capsys)
     assert code == 2 and str(broken) in text and "Traceback" not in text
     assert not (storage / "x").exists()
 
 
-def test_storage_path_that_cannot_be_written(ray_session, synthetic_root, tmp_path, capsys):
+def test_storage_path_that_cannot_be_written(ray_session, search_root, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, text = run_main([*data_args(synthetic_root), *TINY,
+    code, text = run_main([*data_args(search_root), *TINY,
                            "--storage-path", str(blocker / "results"), "--name", "x"], capsys)
     assert code == 2 and "cannot be written" in text and "NFS" in text
 
@@ -154,13 +154,13 @@ def _wait_for_finished(driver: subprocess.Popen, experiment: Path, count: int) -
 
 @pytest.mark.slow
 def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
-        ray_session, synthetic_root, tmp_path, capsys, caplog):
+        ray_session, search_root, tmp_path, capsys, caplog):
     storage, name = tmp_path / "results", "killed"
     experiment = storage / name
     resume = ["--resume", "--storage-path", str(storage), "--name", name]
 
     # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
-    driver = _driver([*data_args(synthetic_root), *TINY, "--num-samples", "3", "--max-epochs",
+    driver = _driver([*data_args(search_root), *TINY, "--num-samples", "3", "--max-epochs",
                       "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
                       str(storage), "--name", name], tmp_path)
     _wait_for_finished(driver, experiment, 1)
@@ -218,11 +218,11 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_trials_on_both_nodes(synthetic_root, tmp_path):
+def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
     storage, name = tmp_path / "shared_results", "cluster"
     script = tmp_path / "cluster_search.py"
     script.write_text(CLUSTER_SCRIPT)
-    argv = [*data_args(synthetic_root), *TINY, "--num-samples", "2", "--max-epochs", "1",
+    argv = [*data_args(search_root), *TINY, "--num-samples", "2", "--max-epochs", "1",
             "--grace-period", "1", "--max-concurrent", "2", "--storage-path", str(storage),
             "--name", name]
     done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,

@@ -27,6 +27,7 @@ __all__ = [
     "PLAN_FILE",
     "STUDY_FILE",
     "SUPPORTED_SCHEMES",
+    "TRIAL_PREFIX",
     "SearchPlan",
     "exists",
     "filesystem",
@@ -36,14 +37,21 @@ __all__ = [
     "read_json",
     "read_text",
     "resolve_storage",
+    "trial_folder",
     "write_json",
     "write_text",
 ]
 
 PLAN_FILE = "search_plan.json"
+TRIAL_PREFIX = "trial_"  # trial folders are trial_<trial id>
 STUDY_FILE = "optuna_study.db"
 BEST_FILE = "best_config.json"
 SUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
+
+
+def trial_folder(trial_id: str) -> str:
+    """The folder name of a trial in the experiment (Ray's default spells out every parameter)."""
+    return f"{TRIAL_PREFIX}{trial_id}"
 
 
 def is_uri(path: str) -> bool:

@@ -29,7 +29,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import is_uri
+from tune_dsr.experiment import is_uri, trial_folder
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def check_private_api() -> None:
 # or --resume could not unpickle it.
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Ray's default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
+    return trial_folder(trial.trial_id)
 
 
 def pin_space(space: Any, pins: dict[str, Any]) -> Any:

@@ -49,12 +49,17 @@ class EpochPrinter:
               f"({parts('train')}) PSNR={metrics['train_psnr']:.2f}dB", flush=True)
         print(f"          | val_loss={metrics['val_loss']:.4f} ({parts('val')}) "
               f"PSNR={metrics['val_psnr']:.2f}dB SSIM={metrics['val_ssim']:.3f} "
-              f"score={metrics['val_score']:.2f} acc={metrics['val_accuracy']:.1%} "
-              f"unknown={metrics['val_unknown_rate']:.1%} | {metrics['images_per_s']:.1f} img/s "
-              f"{metrics['epoch_seconds']:.1f}s lr={metrics['lr']:.3g}", flush=True)
+              f"| {metrics['images_per_s']:.1f} img/s {metrics['epoch_seconds']:.1f}s "
+              f"lr={metrics['lr']:.3g}", flush=True)
+        print(f"          | unseen faces: acc={metrics['val_accuracy']:.1%} "
+              f"unknown={metrics['val_unknown_rate']:.1%} (validation subjects), "
+              f"rank-1={metrics['val_rank1_full']:.1%} ({metrics['val_rank1_full_gain']:+.1%} vs "
+              f"bicubic) margin={metrics['val_margin']:.3f} ({metrics['val_margin_gain']:+.3f}) "
+              f"(training subjects in the gallery)", flush=True)
         if trainer.best_epoch == trainer.epoch:
-            print(f"  saved new best (by {trainer.monitor}): val PSNR {metrics['val_psnr']:.2f}dB,"
-                  f" ID loss {metrics['val_identity_loss']:.3f}", flush=True)
+            print(f"  saved new best (by {trainer.monitor} = {metrics[trainer.monitor]:.4f}): "
+                  f"val PSNR {metrics['val_psnr']:.2f}dB, ID loss "
+                  f"{metrics['val_identity_loss']:.3f}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

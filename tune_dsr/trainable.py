@@ -7,6 +7,7 @@ so the trainer's own patience is switched off here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -19,12 +20,17 @@ from ray import tune
 
 from tune_dsr.config import Config
 from tune_dsr.data import PairedFaces
+from tune_dsr.experiment import is_uri, trial_folder
 from tune_dsr.losses import load_loss_networks
 from tune_dsr.trainer import Callback, Trainer
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+
+# Frozen networks, the same for every trial: a trial in a reused actor process takes the ones
+# the previous trial loaded (each trainer sets the memory layout it wants on them).
+_loss_networks = functools.lru_cache(maxsize=2)(load_loss_networks)
 
 
 class TuneReporter(Callback):
@@ -48,12 +54,23 @@ class TuneReporter(Callback):
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def trial_output_dir(experiment_path: str | None) -> Path:
+    """Where the trainer writes best.pt, best.png and its logs: the trial's own folder in a local
+    experiment. Not ``get_trial_dir()``: in a reused actor that can still name an earlier trial's
+    staging folder. For an experiment on a URI, the trial's working directory, which Ray uploads
+    with the trial (``sync_artifacts``)."""
+    if experiment_path and not is_uri(experiment_path):
+        return Path(experiment_path) / trial_folder(tune.get_context().get_trial_id())
+    return Path.cwd()
+
+
 def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
-              objective: str = "val_margin", checkpoint_every: int = 1) -> None:
+              objective: str = "val_margin", checkpoint_every: int = 1,
+              experiment_path: str | None = None) -> None:
     """Function trainable: `config` is a flat Tune config (settings plus the trial's values).
 
     `objective` is the search's metric, reported as ``objective`` too; a checkpoint is saved
-    every `checkpoint_every` epochs and at the last.
+    every `checkpoint_every` epochs and at the last; `experiment_path` is the experiment folder.
     """
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch's own pool must agree with it.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -61,11 +78,11 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
     # ASHA decides when a trial stops, not the trainer's patience; the trial's best.pt and
     # picture grid are those of the epoch the search's objective likes best.
     run_config = Config.from_dict(config).replace(early_stop_patience=0, monitor=objective)
-    identity_net, vgg = load_loss_networks(run_config.train.edgeface,
-                                           run_config.train.perceptual_weights)
+    identity_net, vgg = _loss_networks(run_config.train.edgeface,
+                                       run_config.train.perceptual_weights)
     trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
                       callbacks=[TuneReporter(objective, checkpoint_every)],
-                      out_dir=tune.get_context().get_trial_dir(), save_last=False)
+                      out_dir=trial_output_dir(experiment_path), save_last=False)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -74,10 +91,11 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
 
 
 def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float, gpus: float,
-                   objective: str, checkpoint_every: int = 1,
+                   objective: str, checkpoint_every: int = 1, experiment_path: str | None = None,
                    function: Callable[..., None] = train_dsr) -> Any:
     """`function` (`train_dsr`) with the dataset in the object store and per-trial resources."""
     with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set,
-                                     objective=objective, checkpoint_every=checkpoint_every)
+                                     objective=objective, checkpoint_every=checkpoint_every,
+                                     experiment_path=experiment_path)
     resources = {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
     return tune.with_resources(with_data, resources)

@@ -270,6 +270,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     trainable = make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
                                gpus=plan.gpus_per_trial, objective=plan.metric,
                                checkpoint_every=plan.checkpoint_every,
+                               experiment_path=plan.experiment_path,
                                function=function or train_dsr)
     if resume:
         # The searcher (with its Optuna study), ASHA's rungs (AshaStateCallback) and the trials
@@ -304,11 +305,16 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=plan.num_samples,
                                     time_budget_s=plan.time_budget,
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname,
+                                    # A new trial runs in the previous one's process: no new
+                                    # interpreter importing torch, and its loss networks cached.
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage_path,
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # On a URI, what a trial writes (best.pt, best.png) is uploaded with it.
+            sync_config=tune.SyncConfig(sync_artifacts=is_uri(plan.storage_path)),
             callbacks=[AshaStateCallback(scheduler)], progress_reporter=reporter, verbose=1))
 
 

@@ -42,7 +42,8 @@ _LOAD_ONLY = ("edgeface_xs",)
 _STEM_WIDTH = {24: "edgenext_xx_small", 32: "edgenext_x_small", 48: "edgenext_small",
                80: "edgenext_base"}
 
-# The original project's LDC backbone, (in, out, stride, hidden) per block (docs/background.md, "EdgeFace variants").
+# The original project's LDC backbone, (in, out, stride, hidden) per block
+# (docs/background.md, "EdgeFace variants").
 _LDC_BLOCKS = ((32, 64, 2, 64), (64, 64, 1, 128), (64, 128, 2, 128), (128, 128, 1, 256),
                (128, 128, 1, 256), (128, 256, 2, 256)) + ((256, 256, 1, 512),) * 4
 # Indices into `features` whose outputs are the feature-matching taps: the stem (56×56) and the
