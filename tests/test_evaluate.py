@@ -225,8 +225,16 @@ def test_not_a_checkpoint(root, checkpoints, capsys, tmp_path):
     assert "missing.pt" in err and "does not exist" in err
 
 
-@pytest.mark.parametrize("layout", ["torch.save", "plain pickle"])
-def test_malicious_pickle_is_never_run(root, capsys, tmp_path, layout):
+def _save_with_torch(document, path):
+    torch.save(document, path)
+
+
+def _save_with_pickle(document, path):
+    path.write_bytes(pickle.dumps(document))
+
+
+@pytest.mark.parametrize("save", [_save_with_torch, _save_with_pickle])
+def test_malicious_pickle_is_never_run(root, capsys, tmp_path, save):
     marker = tmp_path / "pwned"
     # The payload is live: unpickling a twin really creates its file.
     twin = tmp_path / "twin"
@@ -236,10 +244,7 @@ def test_malicious_pickle_is_never_run(root, capsys, tmp_path, layout):
     config = Config().replace(vlr_size=16, width=8, depth=1)
     document = {"format": "tune_dsr.dsr/1", "config": config.to_dict(),
                 "model_state_dict": DSR(config.model).state_dict(), "hook": Payload(marker)}
-    if layout == "torch.save":
-        torch.save(document, evil)
-    else:
-        evil.write_bytes(pickle.dumps(document))
+    save(document, evil)
     err = refused(capsys, "--dataset-root", str(root / "test_processed"), "--dsr", str(evil),
                   "--edgeface", EDGEFACE)
     assert not marker.exists()
