@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,6 +248,16 @@ def test_pickle_round_trip(synth: dict[str, Path]) -> None:
     assert (copy.vlr_size, copy.hr_size) == (16, 112)
     error = pickle.loads(pickle.dumps(DataError("msg\n- a", ["a"])))
     assert str(error) == "msg\n- a" and error.problems == ["a"]
+
+
+def test_object_store_shares_the_images_instead_of_copying(synth: dict[str, Path],
+                                                            ray_session: Any) -> None:
+    """Trials on a node read one shared copy of the set: two gets are views of one buffer."""
+    data = PairedFaces.load(synth["val"], vlr_size=16)
+    ref = ray_session.put(data)
+    first, second = ray_session.get(ref), ray_session.get(ref)
+    assert torch.equal(first.hr, data.hr) and first.names == data.names
+    assert first.hr.data_ptr() == second.hr.data_ptr() != data.hr.data_ptr()
 
 
 def test_to_float() -> None:

@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -366,7 +367,12 @@ def _decode_all(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[tupl
 class PairedFaces:
     """A split decoded once into memory: ``vlr`` uint8 [N,3,s,s], ``hr`` uint8 [N,3,H,H], the file
     ``names`` and per image ``subjects`` (ids) and ``subject_index`` (into ``unique_subjects``,
-    the sorted ids). Plain tensors and lists only, so it pickles (Ray's object store)."""
+    the sorted ids).
+
+    It pickles its images as numpy arrays: Ray's object store hands numpy arrays to every trial
+    on a node as read-only views of one shared copy, where pickled tensors would be copied into
+    each trial's private memory. Nothing writes to the images (batches are indexed copies).
+    """
 
     def __init__(self, names: Sequence[str], vlr: Tensor, hr: Tensor,
                  split_dir: str | Path = "") -> None:
@@ -428,9 +434,20 @@ class PairedFaces:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle_faces, (self.names, self.vlr.numpy(), self.hr.numpy(), self.split_dir))
+
     def __repr__(self) -> str:
         return (f"PairedFaces({len(self)} pairs, {len(self.unique_subjects)} subjects, "
                 f"vlr {self.vlr_size}px, hr {self.hr_size}px, from {self.split_dir or '?'})")
+
+
+def _unpickle_faces(names: list[str], vlr: np.ndarray, hr: np.ndarray,
+                    split_dir: str) -> PairedFaces:
+    with warnings.catch_warnings():
+        # Read-only when they are views of Ray's shared object store; they are never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return PairedFaces(names, torch.from_numpy(vlr), torch.from_numpy(hr), split_dir)
 
 
 # ----------------------------------------------------------------------------- tensors

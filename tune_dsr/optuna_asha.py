@@ -230,6 +230,8 @@ def check_storage_reachable(storage: str) -> list[str]:
                           "URI with credentials set") from exc
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
+            return []  # only the driver's own node, which has just written the marker
         checks = {n["NodeID"]: _sees_marker.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
         ).remote(uri, marker) for n in nodes}
