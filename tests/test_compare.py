@@ -19,16 +19,6 @@ from tune_dsr.models.dsr import DSR, save_dsr
 EDGEFACE = "random:edgeface_xxs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches here are a few faces: one thread does them as fast as two, and does not slow to a
-    crawl when another process holds the second core (two threads then wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tune_dsr.synth import make_synthetic_dataset

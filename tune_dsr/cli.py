@@ -28,6 +28,36 @@ def add_set_flag(parser: argparse.ArgumentParser, what: str) -> None:
                              "perceptual_layers='{\"relu1_2\": 1}'); repeatable")
 
 
+def add_probe_flags(parser: argparse.ArgumentParser, *, held_out_recognisers: bool) -> None:
+    """The flags `evaluate` and `compare` share: the probes, the DSRs, the recogniser(s), the
+    threshold and where and how to run."""
+    parser.add_argument("--dataset-root", required=True,
+                        help="the probes: a split folder with hr_images/ and vlr_images*/ (e.g. "
+                             "DATA/test_processed), or a data root that holds test_processed/")
+    parser.add_argument("--dsr", action="extend", nargs="+", required=True, metavar="PATH",
+                        help="DSR checkpoint: best.pt, last.pt, or a Tune trial checkpoint "
+                             "folder (or its state.pt); several give several methods (EMA "
+                             "weights where present)")
+    if held_out_recognisers:
+        parser.add_argument("--edgeface", action="extend", nargs="+", required=True,
+                            metavar="PATH",
+                            help="EdgeFace checkpoint (or random:<variant>); the first is the one "
+                                 "DSR was trained against, further ones are held-out recognisers")
+    else:
+        parser.add_argument("--edgeface", required=True, metavar="PATH",
+                            help="EdgeFace checkpoint (or random:<variant>) that identifies the "
+                                 "faces")
+    parser.add_argument("--threshold", type=float, default=0.35,
+                        help="cosine similarity below which the answer is 'unknown', in [-1, 1] "
+                             "(default: the guide's 0.35)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="probes per batch (default 32)")
+    parser.add_argument("--max-images", type=int, default=0,
+                        help="use at most N probes, evenly spaced over the names (0: all)")
+
+
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` items as settings; a value that is not JSON is taken as a string."""
     settings = {}

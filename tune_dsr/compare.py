@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune_dsr.cli import add_debug_flag, run_cli
+from tune_dsr.cli import add_debug_flag, add_probe_flags, run_cli
 from tune_dsr.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -187,26 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tune_dsr.compare",
         description="Draw VLR, bicubic, each DSR and HR side by side for a few probes, labelled "
                     "with PSNR, similarity to HR and the identified subject, as a PNG grid.")
-    p.add_argument("--dataset-root", required=True,
-                   help="a split folder with hr_images/ and vlr_images*/ (e.g. "
-                        "DATA/test_processed), or a data root that holds test_processed/")
-    p.add_argument("--dsr", action="extend", nargs="+", required=True, metavar="PATH",
-                   help="DSR checkpoint(s): best.pt, last.pt or a Tune trial checkpoint folder; "
-                        "a column each")
-    p.add_argument("--edgeface", required=True, metavar="PATH",
-                   help="EdgeFace checkpoint (or random:<variant>) that identifies the faces")
+    add_probe_flags(p, held_out_recognisers=False)
     p.add_argument("--count", type=int, default=8, help="probes (rows) to show (default 8)")
     p.add_argument("--pick", choices=PICKS, default="random",
                    help="which probes: random (seeded), worst or best by the first DSR's "
                         "similarity to HR (default random)")
     p.add_argument("--seed", type=int, default=0, help="seed for --pick random (default 0)")
-    p.add_argument("--threshold", type=float, default=0.35,
-                   help="cosine similarity below which the answer is 'unknown' (default 0.35)")
     p.add_argument("--out", required=True, help="the PNG file to write")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--batch-size", type=int, default=32, help="probes per batch (default 32)")
-    p.add_argument("--max-images", type=int, default=0,
-                   help="consider at most N probes, evenly spaced over the names (0: all)")
     add_debug_flag(p)
     return p
 

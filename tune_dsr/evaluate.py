@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune_dsr.cli import add_debug_flag, run_cli
+from tune_dsr.cli import add_debug_flag, add_probe_flags, run_cli
 from tune_dsr.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -719,18 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tune_dsr.evaluate",
         description="Evaluate DSR checkpoints against HR (upper bound) and bicubic (baseline): "
                     "identification, verification, PSNR/SSIM, with bootstrap intervals.")
-    p.add_argument("--dataset-root", required=True,
-                   help="the probes: a split folder with hr_images/ and vlr_images*/ (e.g. "
-                        "DATA/test_processed), or a data root that holds test_processed/")
-    p.add_argument("--dsr", action="extend", nargs="+", required=True, metavar="PATH",
-                   help="DSR checkpoint: best.pt, last.pt, or a Tune trial checkpoint folder "
-                        "(or its state.pt); repeat for several (EMA weights where present)")
-    p.add_argument("--edgeface", action="extend", nargs="+", required=True, metavar="PATH",
-                   help="EdgeFace checkpoint (or random:<variant>); the first is the one DSR "
-                        "was trained against, further ones are held-out recognisers")
-    p.add_argument("--threshold", type=float, default=0.35,
-                   help="cosine similarity below which the answer is 'unknown', in [-1, 1] "
-                        "(default: the guide's 0.35)")
+    add_probe_flags(p, held_out_recognisers=True)
     p.add_argument("--gallery-root", action="append", default=[], metavar="DIR",
                    help="split folder whose subjects join the gallery as distractors (protocol "
                         "'wide'); repeatable (default: train_processed/ and val_processed/ "
@@ -743,10 +732,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one row per probe, method, recogniser and protocol")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document (every number) instead of the tables")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--batch-size", type=int, default=32, help="probes per batch (default 32)")
-    p.add_argument("--max-images", type=int, default=0,
-                   help="evaluate at most N probes, evenly spaced over the names (0: all)")
     p.add_argument("--resamples", type=int, default=2000,
                    help="bootstrap resamples for the 95 %% intervals (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
