@@ -27,8 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],
         "--perceptual-weights", demo.RANDOM_NETWORKS["perceptual_weights"],
         *demo.as_flags(SEARCH_PINS)]
-# A search run as its own process: one torch thread, as in the trials (see conftest).
-SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def subprocess_env() -> dict[str, str]:
+    """A search run as its own process: one torch thread, as in the trials (see conftest).
+    Read at call time: it must carry what the session's Ray put in the environment (its
+    authentication token) for a driver to join it."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def data_args(root: Path) -> list[str]:
@@ -138,7 +141,7 @@ def _statuses(experiment: Path) -> dict[str, str]:
 
 
 def _driver(argv: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**SUBPROCESS_ENV, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**subprocess_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     return subprocess.Popen([sys.executable, "-m", "tune_dsr.search", *argv], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -147,7 +150,8 @@ def _driver(argv: list[str], cwd: Path) -> subprocess.Popen:
 def _wait_for_finished(driver: subprocess.Popen, experiment: Path, count: int) -> None:
     deadline = time.monotonic() + 240
     while sum(s == "TERMINATED" for s in _statuses(experiment).values()) < count:
-        assert driver.poll() is None, "the search ended before it could be stopped"
+        assert driver.poll() is None, ("the search ended before it could be stopped: "
+                                       + (driver.stderr.read() if driver.stderr else "")[-3000:])
         assert time.monotonic() < deadline, f"{count} trials did not finish in time"
         time.sleep(0.5)
 
@@ -158,11 +162,14 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     storage, name = tmp_path / "results", "killed"
     experiment = storage / name
     resume = ["--resume", "--storage-path", str(storage), "--name", name]
+    # The drivers join the session's Ray, as on a cluster: no Ray start per driver, and a
+    # killed driver's trials end with its job.
+    address = ["--address", ray_session.get_runtime_context().gcs_address]
 
     # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
     driver = _driver([*data_args(search_root), *TINY, "--num-samples", "3", "--max-epochs",
                       "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
-                      str(storage), "--name", name], tmp_path)
+                      str(storage), "--name", name, *address], tmp_path)
     _wait_for_finished(driver, experiment, 1)
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
@@ -170,7 +177,7 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     assert f"--resume --storage-path {storage} --name {name}" in err
 
     # Resumed, then killed outright: no chance to save anything on the way out.
-    driver = _driver(resume, tmp_path)
+    driver = _driver([*resume, *address], tmp_path)
     try:
         _wait_for_finished(driver, experiment, 2)
     finally:
@@ -226,7 +233,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
             "--grace-period", "1", "--max-concurrent", "2", "--storage-path", str(storage),
             "--name", name]
     done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,
-                          env=SUBPROCESS_ENV, capture_output=True, text=True)
+                          env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ray cluster: 2 nodes" in done.stderr
     trials = load_trials(str(storage / name))
