@@ -45,28 +45,3 @@ def ssim(sr: Tensor, hr: Tensor, window_size: int = 11, sigma: float = 1.5) -> T
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
         (mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1)
-
-
-def recognition(probe: Tensor, gallery_source: Tensor, subjects: Tensor,
-                threshold: float = 0.35) -> dict[str, float]:
-    """The guide's identification test on one split, from EdgeFace embeddings.
-
-    Gallery: the mean of each subject's (L2-normalised) `gallery_source` embeddings (HR faces).
-    Probe: each `probe` embedding (SR faces). A probe is identified as the most similar subject if
-    the cosine similarity is at least `threshold`, else "unknown". Returns ``rank1`` (the most
-    similar subject is right, no threshold), ``accuracy`` (right and above the threshold: the
-    guide's success metric) and ``unknown_rate``.
-    """
-    probe = F.normalize(probe.float(), dim=1)
-    source = F.normalize(gallery_source.float(), dim=1)
-    count = int(subjects.max()) + 1
-    gallery = torch.zeros(count, source.shape[1], device=source.device)
-    gallery.index_add_(0, subjects.to(source.device), source)
-    gallery = F.normalize(gallery, dim=1)
-    best, predicted = (probe @ gallery.T).max(dim=1)
-    right = predicted.cpu() == subjects.cpu()
-    known = best.cpu() >= threshold
-    return {"rank1": right.float().mean().item(),
-            "accuracy": (right & known).float().mean().item(),
-            "unknown_rate": (~known).float().mean().item()}
-
