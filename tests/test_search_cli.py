@@ -162,14 +162,11 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     storage, name = tmp_path / "results", "killed"
     experiment = storage / name
     resume = ["--resume", "--storage-path", str(storage), "--name", name]
-    # The drivers join the session's Ray, as on a cluster: no Ray start per driver, and a
-    # killed driver's trials end with its job.
-    address = ["--address", ray_session.get_runtime_context().gcs_address]
 
     # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
     driver = _driver([*data_args(search_root), *TINY, "--num-samples", "3", "--max-epochs",
                       "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
-                      str(storage), "--name", name, *address], tmp_path)
+                      str(storage), "--name", name], tmp_path)
     _wait_for_finished(driver, experiment, 1)
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
@@ -177,7 +174,7 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
     assert f"--resume --storage-path {storage} --name {name}" in err
 
     # Resumed, then killed outright: no chance to save anything on the way out.
-    driver = _driver([*resume, *address], tmp_path)
+    driver = _driver(resume, tmp_path)
     try:
         _wait_for_finished(driver, experiment, 2)
     finally:
