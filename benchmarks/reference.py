@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from tune_dsr.config import LossConfig, ModelConfig
+from tune_dsr.losses import total_variation
 from tune_dsr.models.dsr import DSR
 
 # The original's settings (REFERENCE.md, "Training").
@@ -94,12 +95,6 @@ def full_vgg19_slices(trunk_state: dict[str, Tensor]) -> nn.ModuleList:
     slices = nn.ModuleList(vgg.features[a:b] for a, b in VGG_SLICES)
     slices.eval().requires_grad_(False)
     return slices
-
-
-def total_variation(images: Tensor) -> Tensor:
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-    return dx + dy
 
 
 class FourPassLoss(nn.Module):
