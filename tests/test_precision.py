@@ -63,7 +63,8 @@ def test_bf16_autocast_keeps_terms_and_gradient_direction(loss_nets, float32_ste
     for name, value in expected_terms.items():
         assert terms[name] == pytest.approx(value, rel=BF16_TERMS_RTOL), name
     assert F.cosine_similarity(gradient, expected_gradient, dim=0) >= BF16_GRAD_COSINE
-    assert gradient.norm() == pytest.approx(expected_gradient.norm(), rel=BF16_GRAD_NORM_RTOL)
+    assert gradient.norm().item() == pytest.approx(expected_gradient.norm().item(),
+                                                  rel=BF16_GRAD_NORM_RTOL)
 
 
 def test_autocast_dtype_follows_the_switch_and_the_hardware(monkeypatch):
