@@ -215,3 +215,6 @@ class Context:
     threads: int
     workdir: Path  # a temporary folder for synthetic data and experiments
     repeats: int | None = None  # --repeats; None: each part's default
+    data: Path | None = None  # --data: a real face set (the faces part)
+    edgeface: str | None = None  # --edgeface: its recogniser
+    seed: int = 0  # --seed: of the searches and trainings that the faces part runs

@@ -1,5 +1,5 @@
 """The benchmark suite: ``python -m benchmarks.run [--quick] [--device cpu|cuda] [--only NAMES]
-[--json FILE] [--threads N] [--repeats N]``.
+[--json FILE] [--threads N] [--repeats N] [--data DIR --edgeface FILE [--seed N]]``.
 
 Measures tune_dsr against baselines run in the same process on the same machine, and ends with
 one line per headline ratio, ``NAME: ×R (tune_dsr X vs baseline Y UNIT)`` with R = X / Y:
@@ -12,6 +12,9 @@ one line per headline ratio, ``NAME: ×R (tune_dsr X vs baseline Y UNIT)`` with 
 - memory: host memory of four concurrent trials vs one.
 - gpu: throughput of one and of packed trials on one GPU, FLOPs and the bf16 matmul rate
   (CUDA only; without it the part says "not measured (no CUDA)").
+- faces (only with ``--data DIR --edgeface FILE``, a real face set): the whole workflow, search
+  -> export -> final run -> evaluate on the test subjects, against bicubic and the pixel-only
+  DSR trained alone (about half an hour on two cores; `benchmarks.faces`, docs/results.md).
 
 --quick is a smoke run (tiny sizes, one repeat; its numbers mean nothing). The results and how
 to read them: docs/performance.md.
@@ -32,7 +35,9 @@ from pathlib import Path
 
 from benchmarks.common import Context, PartResult, load_average, machine_lines, setup_torch
 
-PARTS = ("step", "search", "overhead", "memory", "gpu")
+PARTS = ("step", "search", "overhead", "memory", "gpu", "faces")
+# Run when --only is not given; faces needs a real data set and runs only when asked for.
+DEFAULT_PARTS = ("step", "search", "overhead", "memory", "gpu")
 
 
 def _part(name: str) -> Callable[[Context], PartResult]:
@@ -46,6 +51,9 @@ def _part(name: str) -> Callable[[Context], PartResult]:
     if name in ("overhead", "memory"):
         from benchmarks import trials
         return trials.run_overhead if name == "overhead" else trials.run_memory
+    if name == "faces":
+        from benchmarks import faces
+        return faces.run
     from benchmarks import gpu
     return gpu.run
 
@@ -66,12 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "shared machine; see docs/performance.md, 'Why one thread')")
     p.add_argument("--repeats", type=int,
                    help="timed repeats per variant in the step part (default 3; 1 with --quick)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="a real face set in tune_dsr's layout (train_processed/, val_processed/, "
+                        "test_processed/), for the faces part")
+    p.add_argument("--edgeface", metavar="FILE",
+                   help="the EdgeFace checkpoint the faces part trains against")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the faces part's search and trainings (default 0)")
     return p
 
 
 def _selected(parser: argparse.ArgumentParser, only: list[str] | None) -> list[str]:
     if not only:
-        return list(PARTS)
+        return list(DEFAULT_PARTS)
     names = [n.strip() for item in only for n in item.split(",") if n.strip()]
     unknown = [n for n in names if n not in PARTS]
     if unknown:
@@ -85,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parts = _selected(parser, args.only)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, but got {args.repeats}")
+    if "faces" in parts:  # refused before anything runs, not after the other parts
+        from benchmarks.faces import check_inputs
+        from tune_dsr.errors import ConfigError
+
+        try:
+            check_inputs(args.data, args.edgeface)
+        except ConfigError as exc:
+            parser.error(str(exc))
     device = setup_torch(args.device, args.threads)
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
@@ -98,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tune_dsr_bench_") as tmp:
         ctx = Context(device=device, quick=args.quick, threads=args.threads, workdir=Path(tmp),
-                      repeats=args.repeats)
+                      repeats=args.repeats, data=args.data, edgeface=args.edgeface,
+                      seed=args.seed)
         try:
             for name in parts:
                 print(f"## {name}", flush=True)

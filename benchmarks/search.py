@@ -4,12 +4,14 @@ Both run through tune_dsr's own search service (`tune_dsr.tuning`: `plan_search`
 with the same preset space, the same number of configurations, the same seeded TPE sampler and
 the same data, once per seed:
 
-- tune_dsr: ASHA stops poor trials at its rungs (grace 1 epoch, reduction factor 3); its trial
-  function is tune_dsr's `train_dsr`.
+- tune_dsr: ASHA stops poor trials at its rungs (grace 1 epoch, reduction factor 3), beside the
+  patience below.
 - the guide's way: every configuration gets the full epoch budget, stopped only by the guide's
   patience (20 % of the budget, as 20 of 100 epochs in the guide); ASHA's grace period is the
-  whole budget, so it never stops a trial, and the trial function (`patience_train_dsr`, below)
-  is `train_dsr` with the trainer's patience left on.
+  whole budget, so it never stops a trial.
+
+Both start with the preset's anchors (the guide's values, then pixel-only) and confirm nothing
+(``confirm=0``): what is compared is the search itself.
 
 The objective comes from real trainings of a tiny DSR (C8 N1, 16 -> 32 px) on tiny synthetic
 faces with random loss networks: cheap enough to run 2 x 3 searches, and its figures are a
@@ -30,7 +32,6 @@ from typing import Any
 
 from benchmarks import raylocal
 from benchmarks.common import Context, PartResult, Ratio, fmt
-from tune_dsr.data import PairedFaces
 
 SPACE = "quality_first"  # searched here: the five loss weights, the learning rate, bicubic skip
 PINS: dict[str, Any] = {"width": 8, "depth": 1, "hr_size": 32, "batch_size": 8,
@@ -39,54 +40,23 @@ NETWORKS = {"edgeface": "random:edgeface_xxs", "perceptual_weights": "random"}
 PATIENCE_SHARE = 0.2  # the guide: patience 20 of 100 epochs (the fast preset: 12 of 60)
 
 
-def patience_train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
-                       objective: str = "val_score", checkpoint_every: int = 1,
-                       **trainable_kwargs: Any) -> None:
-    """`tune_dsr.trainable.train_dsr` with the trainer's early stopping on (the config's
-    ``early_stop_patience``, monitoring the search's objective): the guide's way, one trial.
-    Everything else as `train_dsr` does it (its loss-network cache, reporter, output folder)."""
-    import ray
-    import torch
-    from ray import tune
-
-    from tune_dsr import trainable
-    from tune_dsr.config import Config
-    from tune_dsr.trainer import Trainer
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    run_config = Config.from_dict(config).replace(monitor=objective)
-    load = getattr(trainable, "_loss_networks", trainable.load_loss_networks)
-    identity_net, vgg = load(run_config.train.edgeface, run_config.train.perceptual_weights)
-    if hasattr(trainable, "trial_output_dir"):
-        out_dir = trainable.trial_output_dir(trainable_kwargs.get("experiment_path"))
-    else:
-        out_dir = tune.get_context().get_trial_dir()
-    trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
-                      callbacks=[trainable.TuneReporter(objective, checkpoint_every)],
-                      out_dir=out_dir, save_last=False)
-    trainer.fit()
-
-
 def _run_one(ctx: Context, splits: dict[str, Any], way: str, seed: int, samples: int,
              epochs: int) -> dict[str, Any]:
     from tune_dsr.tuning import SearchOptions, plan_search, run_search
 
     guide = way == "guide"
-    pins = dict(PINS)
-    if guide:
-        pins["early_stop_patience"] = max(1, round(PATIENCE_SHARE * epochs))
     options = SearchOptions(
         space=SPACE, train_dir=str(splits["train"]), val_dir=str(splits["val"]), vlr_size=16,
-        pins=pins, num_samples=samples, max_epochs=epochs,
+        pins=PINS, num_samples=samples, max_epochs=epochs,
         grace_period=epochs if guide else 1, reduction_factor=3, cpus_per_trial=1,
+        patience=max(1, round(PATIENCE_SHARE * epochs)), confirm=0,
         max_concurrent=1 if ctx.quick else 2,
         storage_path=str(ctx.workdir / "search"), name=f"{way}-seed{seed}", seed=seed,
         max_failures=0, **NETWORKS)
     plan = plan_search(options)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Tune's progress tables
-        document = run_search(plan, function=patience_train_dsr if guide else None)
+        document = run_search(plan)
     provenance = document["provenance"]
     return {"seed": seed, "epochs": int(provenance["epochs_total"]),
             "epochs_full": int(provenance["epochs_full"]), "best": float(provenance["value"]),
@@ -113,8 +83,8 @@ def run(ctx: Context) -> PartResult:
     result.say(f"Preset '{SPACE}' with {', '.join(f'{k}={v}' for k, v in PINS.items())} held "
                f"fixed; {samples} configurations of up to {epochs} epochs per search, seeds "
                f"{', '.join(map(str, seeds))}; {1 if quick else 2} trial(s) at a time (1 CPU "
-               f"each). tune_dsr: ASHA grace 1, reduction factor 3. The guide's way: full "
-               f"budget, patience {max(1, round(PATIENCE_SHARE * epochs))} epochs.")
+               f"each); patience {max(1, round(PATIENCE_SHARE * epochs))} epochs in both. "
+               "tune_dsr: ASHA grace 1, reduction factor 3. The guide's way: full budget.")
     runs: dict[str, list[dict[str, Any]]] = {"tune_dsr": [], "guide": []}
     for seed in seeds:
         for way in ("tune_dsr", "guide") if seed % 2 else ("guide", "tune_dsr"):

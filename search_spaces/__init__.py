@@ -6,8 +6,20 @@ A preset module defines
   keys (see ``tune_dsr.config``) and returns a dict of fixed settings;
 - ``METRIC``: the objective, a validation metric the trainer reports (`tune_dsr.config.METRICS`,
   which also says whether higher or lower is better; an optional ``MODE`` must agree with it);
-- ``GUIDE``: the guide's own values for the preset, run as the first trial;
-- optionally ``DESCRIPTION``, ``MAX_EPOCHS`` (default 100) and ``GRACE_PERIOD`` (default 10).
+- ``GUIDE``: the guide's own values for the preset;
+- optionally ``DESCRIPTION``, ``MAX_EPOCHS`` (default 100), ``GRACE_PERIOD`` (default 10),
+  ``PATIENCE`` (epochs a trial may go without beating its own best before it ends; default the
+  grace period) and ``ANCHORS``.
+
+Anchors are the configurations run before TPE proposes anything, labelled in the results: by
+default ``guide`` (the guide's values) and ``pixel-only`` (the same with the identity and
+feature-matching terms off), the ablation that says whether those terms help at all. ``ANCHORS``
+maps a label to settings over ``GUIDE``, e.g. ``{"guide": {}, "no-fm":
+{"lambda_feature_match": 0.0}}``; an anchor may set only searched keys.
+
+A loss term the search may find useless is drawn with `optional_weight`: first on or off, then,
+when on, a log-uniform weight. TPE then models "off" as a region it can sample, not as the lower
+end of a range it never reaches.
 
 A user's own preset is a ``.py`` file with the same names, passed as ``--space path/to/file.py``.
 """
@@ -16,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -26,10 +39,33 @@ from typing import Any
 
 import optuna
 
-from tune_dsr.config import METRICS, Config
+from tune_dsr.config import METRICS, SWITCHABLE, Config, switch_key
 from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast")
+
+logger = logging.getLogger(__name__)
+
+GUIDE_ANCHOR = "guide"
+PIXEL_ONLY = "pixel-only"
+# The ablation every preset runs unless it declares its own anchors: the identity terms off.
+PIXEL_ONLY_OFF = ("lambda_identity", "lambda_feature_match")
+
+
+def optional_weight(trial: Any, key: str, low: float, high: float) -> dict[str, Any]:
+    """Draw the loss weight `key` as "off, or on with a log-uniform weight in [low, high]".
+
+    The switch is the categorical ``<key>_on``; the weight is suggested only when it is on.
+    Returns the settings to merge into the space's return value: ``{key: 0.0}`` when off, else
+    nothing (the suggested weight is the setting).
+    """
+    if key not in SWITCHABLE:
+        raise ConfigError(f"optional_weight({key!r}): only {', '.join(SWITCHABLE)} can be "
+                          "switched off")
+    if trial.suggest_categorical(switch_key(key), [False, True]):
+        trial.suggest_float(key, low, high, log=True)
+        return {}
+    return {key: 0.0}
 
 
 @dataclass(frozen=True)
@@ -42,27 +78,63 @@ class Preset:
     description: str = ""
     max_epochs: int = 100
     grace_period: int = 10
+    patience: int | None = None  # None: the search's grace period
+    # label -> settings over the guide's; None: the default anchors (guide, pixel-only)
+    anchors: dict[str, dict[str, Any]] | None = None
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        """The searched parameters and their ranges (the space run on a throw-away trial)."""
+        """Every searched parameter and its range, conditional ones included (the space run on a
+        throw-away trial and on each anchor)."""
         trial = _scratch_trial()
         self.space(trial)
-        return dict(trial.distributions)
+        found = dict(trial.distributions)
+        for label, settings in self.anchor_settings().items():
+            found.update(_replay(self.space, {**self.guide, **settings}, f"anchor {label!r}")[1])
+        return found
 
     def constants(self) -> dict[str, Any]:
-        """The fixed settings the space returns."""
-        return dict(self.space(_scratch_trial()) or {})
+        """The fixed settings the space returns, every optional term on (a term drawn off
+        returns its zero weight as a setting of that trial alone)."""
+        values = {**Config().replace(**self.guide).to_flat(),
+                  **{switch_key(key): True for key in SWITCHABLE}}
+        return dict(self.space(_Lenient(values, "")) or {})
+
+    def anchor_settings(self) -> dict[str, dict[str, Any]]:
+        """Each anchor's label and its settings over the guide's (see the module's docstring)."""
+        if self.anchors is not None:
+            return {label: dict(settings) for label, settings in self.anchors.items()}
+        default: dict[str, dict[str, Any]] = {GUIDE_ANCHOR: {}}
+        if any(switch_key(key) in _all_keys(self.space) for key in PIXEL_ONLY_OFF):
+            default[PIXEL_ONLY] = {key: 0.0 for key in PIXEL_ONLY_OFF}
+        return default
+
+    def anchor_points(self, pins: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Label -> the searched parameters' values of each anchor, as Optuna is told them
+        (switches included; keys held by `pins` left out). Anchors that come out the same
+        point (a pin can make them so) are run once, under the first label."""
+        pins = dict(pins or {})
+        points: dict[str, dict[str, Any]] = {}
+        for label, settings in self.anchor_settings().items():
+            params, _ = _replay(self.space, {**self.guide, **settings}, f"anchor {label!r}", pins)
+            if params in points.values():
+                logger.info("anchor %r is the same point as another anchor; run once", label)
+                continue
+            points[label] = params
+        return points
 
     def first_config(self) -> dict[str, Any]:
-        """The guide's value of every searched parameter: the warm start, run as trial one."""
-        guide = Config().replace(**self.guide).to_flat()
-        return {key: guide[key] for key in self.distributions()}
+        """The guide's value of every searched parameter: the first anchor."""
+        return next(iter(self.anchor_points().values()))
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.description or self.metric}",
                  f"  objective: {self.mode} {self.metric}; max epochs {self.max_epochs}, "
-                 f"ASHA grace period {self.grace_period}",
-                 f"  guide's values (first trial): {self.guide or 'the guide defaults'}"]
+                 f"ASHA grace period {self.grace_period}, patience "
+                 f"{self.patience or 'the grace period'}",
+                 f"  guide's values: {self.guide or 'the guide defaults'}",
+                 "  anchors (run first): " + "; ".join(
+                     f"{label} {settings or '(the guide)'}"
+                     for label, settings in self.anchor_settings().items())]
         for key, dist in self.distributions().items():
             lines.append(f"  {key:22s} {_format_distribution(dist)}")
         constants = self.constants()
@@ -74,6 +146,126 @@ class Preset:
 def _scratch_trial() -> optuna.trial.Trial:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+
+
+def in_range(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """Whether Optuna's `dist` could have drawn `value` (0 on a log scale: no)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except ValueError:  # e.g. 0 for a log-uniform distribution
+        return False
+
+
+class _ReplayTrial:
+    """Answers a space's ``suggest_*`` calls from a flat config (a switch from its weight: on when
+    the weight is positive), recording every answer and its distribution; a value outside its
+    range is refused."""
+
+    def __init__(self, values: dict[str, Any], where: str) -> None:
+        self.values, self.where = values, where
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {}
+
+    def _answer(self, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
+        if name not in self.values:
+            raise ConfigError(f"{self.where}: the space suggests {name!r}, which is not a "
+                              "config key or a loss-weight switch")
+        value = self.values[name]
+        if not in_range(dist, value):
+            raise ConfigError(f"{self.where}: {name}={value!r} lies outside its range "
+                              f"{_format_distribution(dist)}; widen the range"
+                              + (" or draw the weight with search_spaces.optional_weight"
+                                 if value == 0 else ""))
+        self.params[name], self.distributions[name] = value, dist
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> Any:
+        return self._answer(name, optuna.distributions.FloatDistribution(low, high, step=step,
+                                                                         log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
+                    log: bool = False) -> Any:
+        return self._answer(name, optuna.distributions.IntDistribution(low, high, step=step,
+                                                                       log=log))
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._answer(name, optuna.distributions.CategoricalDistribution(choices))
+
+
+def _replay(space: Callable[[Any], Any], settings: dict[str, Any], where: str,
+            pins: dict[str, Any] | None = None
+            ) -> tuple[dict[str, Any], dict[str, optuna.distributions.BaseDistribution]]:
+    """The params and distributions the space suggests for the config of `settings` over the
+    guide's defaults (`pins` held, as a search holds them)."""
+    try:
+        values = Config().replace(**settings).to_flat()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    values.update({switch_key(key): values[key] > 0 for key in SWITCHABLE})
+    trial = _ReplayTrial(values, where)
+    pin_space(space, dict(pins or {}))(trial)
+    return trial.params, trial.distributions
+
+
+def pin_space(space: Callable[[Any], Any], pins: dict[str, Any]) -> Callable[[Any], Any]:
+    """The define-by-run `space` with `pins` held fixed (not suggested, not searched)."""
+    return SearchSpace(space, pins) if pins else space
+
+
+class SearchSpace:
+    """A preset's space as a search runs it (picklable, for the experiment): `pins` are answered
+    without asking Optuna (a pinned weight answers its switch too), and with `anchors` each trial
+    says which anchor it is (``anchor`` in its config: the label, or "" for TPE's)."""
+
+    def __init__(self, space: Callable[[Any], Any], pins: dict[str, Any],
+                 anchors: dict[str, dict[str, Any]] | None = None) -> None:
+        self.space, self.pins, self.anchors = space, dict(pins), dict(anchors or {})
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        settings = {**(self.space(_PinnedTrial(trial, self.pins)) or {}), **self.pins}
+        if self.anchors:
+            # Every trial carries the key (Tune's reporter looks it up): "" for TPE's trials.
+            params = dict(trial.params)
+            settings["anchor"] = next(
+                (name for name, point in self.anchors.items() if point == params), "")
+        return settings
+
+
+class _PinnedTrial:
+    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
+        self._trial, self._pins = trial, pins
+        self._switches = {switch_key(k): v > 0 for k, v in pins.items() if k in SWITCHABLE}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+
+        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
+            if key in self._pins:
+                return self._pins[key]
+            if key in self._switches:
+                return self._switches[key]
+            return attr(key, *args, **kwargs)
+        return suggest
+
+
+class _Lenient(_ReplayTrial):
+    """A replay that answers any key, in range or not (a value it lacks: one inside the range)."""
+
+    def _answer(self, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
+        self.distributions[name] = dist
+        return self.values.get(name, _inside(dist))
+
+
+def _all_keys(space: Callable[[Any], Any]) -> set[str]:
+    """Every key the space can suggest: it is run with each switch on."""
+    values = Config().to_flat()
+    values.update({switch_key(key): True for key in SWITCHABLE})
+    trial = _Lenient(values, "")
+    space(trial)
+    return set(trial.distributions)
 
 
 def _format_distribution(dist: optuna.distributions.BaseDistribution) -> str:
@@ -123,31 +315,42 @@ def load_preset(name_or_path: str) -> Preset:
     if getattr(module, "MODE", mode) != mode:
         raise ConfigError(f"{where}: MODE={module.MODE!r} contradicts {module.METRIC}, for which "
                           f"{'higher' if mode == 'max' else 'lower'} is better; drop MODE")
+    anchors = getattr(module, "ANCHORS", None)
+    if anchors is not None and (not isinstance(anchors, dict) or not anchors or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in anchors.items())):
+        raise ConfigError(f"{where}: ANCHORS must map labels to settings, e.g. "
+                          "{'guide': {}, 'pixel-only': {'lambda_identity': 0.0}}")
+    patience = getattr(module, "PATIENCE", None)
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ConfigError(f"{where}: PATIENCE={patience!r} must be a whole number of epochs >= 1")
     preset = Preset(
         name=Path(name_or_path).stem, space=module.space, metric=module.METRIC,
         mode=mode, guide=dict(getattr(module, "GUIDE", {})),
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().split("\n")[0]),
         max_epochs=int(getattr(module, "MAX_EPOCHS", 100)),
-        grace_period=int(getattr(module, "GRACE_PERIOD", 10)))
+        grace_period=int(getattr(module, "GRACE_PERIOD", 10)), patience=patience,
+        anchors=None if anchors is None else {k: dict(v) for k, v in anchors.items()})
     _validate(preset, where)
     return preset
 
 
 def _validate(preset: Preset, where: str) -> None:
-    """Every suggested key and constant must be a valid config setting; the guide point in range."""
+    """Every suggested key and constant must be a valid config setting; every anchor (the guide
+    first) in range and setting only searched keys."""
     try:
-        distributions = preset.distributions()
-        constants = preset.constants()
-        sample = {k: d.to_external_repr(d.to_internal_repr(_inside(d)))
-                  for k, d in distributions.items()}
-        Config().replace(**{**sample, **constants})
-        first = preset.first_config()
+        trial = _scratch_trial()
+        constants = preset.space(trial) or {}
+        Config().replace(**{**trial.params, **constants})
+        searched = _all_keys(preset.space)
+        for label, settings in preset.anchor_settings().items():
+            unsearched = [k for k in settings if k not in searched]
+            if unsearched:
+                raise ConfigError(f"anchor {label!r} sets {', '.join(unsearched)}, which the "
+                                  "space does not search; an anchor may set only searched keys "
+                                  f"({', '.join(sorted(searched))})")
+        preset.anchor_points()  # each in range
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    for key, value in first.items():
-        if not distributions[key]._contains(distributions[key].to_internal_repr(value)):
-            raise ConfigError(f"{where}: the guide's {key}={value!r} lies outside its range "
-                              f"{_format_distribution(distributions[key])}; widen the range")
 
 
 def _inside(dist: optuna.distributions.BaseDistribution) -> Any:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from search_spaces import optional_weight
+
 DESCRIPTION = "short runs: maximise val_score = val_psnr + 100 * val_margin_gain"
 METRIC = "val_score"
 MAX_EPOCHS = 60
@@ -21,12 +23,12 @@ GUIDE = {"batch_size": 20}
 
 
 def space(trial: Any) -> dict[str, Any]:
-    trial.suggest_float("lambda_identity", 0.2, 0.8)
-    trial.suggest_float("lambda_feature_match", 0.02, 0.4, log=True)
-    trial.suggest_float("lambda_perceptual", 0.005, 0.08, log=True)
+    fixed = optional_weight(trial, "lambda_identity", 0.05, 0.8)
+    fixed |= optional_weight(trial, "lambda_feature_match", 0.02, 0.4)
+    fixed |= optional_weight(trial, "lambda_perceptual", 0.005, 0.08)
     trial.suggest_float("lambda_l1", 0.5, 2.0)
     trial.suggest_float("lr", 5e-5, 6e-4, log=True)
     trial.suggest_categorical("batch_size", [16, 20, 24, 32])
     trial.suggest_int("warmup_epochs", 1, 5)
     # The final run after the search stops early with the guide's patience for this preset.
-    return {"early_stop_patience": 12}
+    return {**fixed, "early_stop_patience": 12}

@@ -4,13 +4,16 @@ Objective: the highest ``val_margin``: per validation face (subjects never seen 
 cosine similarity of its SR embedding to its own subject minus the highest similarity to any
 other subject, the training subjects included. Unlike the identity loss it falls when DSR makes
 a face look like someone it trained on (identity hallucination), and it is continuous, so ASHA
-can compare trials after a few epochs. The identity and feature-matching weights can reach 0:
-the search can find out that a term hurts.
+can compare trials after a few epochs. The identity, feature-matching and perceptual terms are
+each drawn "off, or on with a log-uniform weight", and the pixel-only anchor (both identity
+terms off) runs right after the guide's values: the search can find out that a term hurts.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from search_spaces import optional_weight
 
 DESCRIPTION = "prioritise recognition: maximise the validation margin (training subjects too)"
 METRIC = "val_margin"
@@ -21,9 +24,9 @@ GUIDE = {"lambda_identity": 0.60, "lambda_feature_match": 0.20, "lambda_perceptu
 
 
 def space(trial: Any) -> dict[str, Any]:
-    trial.suggest_float("lambda_identity", 0.0, 1.0)
-    trial.suggest_float("lambda_feature_match", 0.0, 0.5)
-    trial.suggest_float("lambda_perceptual", 0.002, 0.05, log=True)
+    fixed = optional_weight(trial, "lambda_identity", 0.02, 1.0)
+    fixed |= optional_weight(trial, "lambda_feature_match", 0.01, 0.5)
+    fixed |= optional_weight(trial, "lambda_perceptual", 0.002, 0.05)
     trial.suggest_float("lambda_l1", 0.5, 1.5)
     trial.suggest_float("lambda_tv", 1e-7, 1e-5, log=True)
     trial.suggest_float("lr", 5e-5, 5e-4, log=True)
@@ -32,4 +35,4 @@ def space(trial: Any) -> dict[str, Any]:
     trial.suggest_categorical("width", [96, 112, 128])
     trial.suggest_int("depth", 12, 20, step=2)
     trial.suggest_categorical("bicubic_residual", [False, True])
-    return {}
+    return fixed

@@ -116,23 +116,27 @@ def search_options(root: Path, **overrides: Any) -> Any:
     values: dict[str, Any] = {
         "space": "recognition_first", "train_dir": str(root / "train_processed"),
         "val_dir": str(root / "val_processed"), **demo.RANDOM_NETWORKS, "pins": SEARCH_PINS,
-        "seed": 7}
+        "seed": 7, "confirm": 0}
     return SearchOptions(**{**values, **overrides})
+
+
+# The shared search's patience, and its confirmation: the top two configurations, one new run
+# each.
+SEARCH_PATIENCE = 2
+SEARCH_CONFIRM = 2
 
 
 @pytest.fixture(scope="session")
 def finished_search(ray_session, search_root, tmp_path_factory) -> dict[str, Any]:
-    """Six trials of up to 4 epochs, ASHA stopping some; the first trial after the guide's to
-    start diverges (a real NaN) in epoch 1 on every run, so it fails alone. Shared by the search,
-    export, analysis and notebook tests."""
-    from search_spaces import load_preset
+    """Six trials of up to 4 epochs: the two anchors (guide, pixel-only) first, then TPE's; ASHA
+    and a patience of 2 stop some; the first TPE trial to start diverges (a real NaN) in epoch 1
+    on every run, so it fails alone; then the top two configurations are confirmed with one new
+    run each. Shared by the search, export, analysis and notebook tests."""
     from tests.helpers import run_poisoned_search
 
-    guide = load_preset("recognition_first").first_config()
     options = search_options(search_root, name="e2e", num_samples=6,
                              max_epochs=SEARCH_EPOCHS, grace_period=1, reduction_factor=2,
-                             max_concurrent=2, max_failures=1)
+                             max_concurrent=2, max_failures=1, patience=SEARCH_PATIENCE,
+                             confirm=SEARCH_CONFIRM, confirm_runs=1)
     return run_poisoned_search(tmp_path_factory.mktemp("tune"), tmp_path_factory.mktemp("marks"),
-                               options, {0: (1, True)},
-                               spare={"lambda_identity": guide["lambda_identity"],
-                                      "lr": guide["lr"]})
+                               options, {0: (1, True)}, spare_anchors=True)

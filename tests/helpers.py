@@ -69,12 +69,12 @@ def _as_bytes(images: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- searches
 
 def make_poisoned(marker_dir: str, poison: dict[int, tuple[int, bool]],
-                  spare: dict[str, Any] | None = None) -> Any:
+                  spare_anchors: bool = False) -> Any:
     """The real trial function, with a real NaN in DSR's output for chosen trials.
 
-    `poison` maps a trial's start order (0: the first trial to start, not counting trials whose
-    config matches `spare`) to (the first epoch with NaN, whether every run is poisoned or only
-    the first, before a retry).
+    `poison` maps a trial's start order (0: the first trial to start, not counting the anchors
+    with `spare_anchors`, nor confirmation runs) to (the first epoch with NaN, whether every run
+    is poisoned or only the first, before a retry).
     """
 
     def poisoned(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
@@ -84,7 +84,7 @@ def make_poisoned(marker_dir: str, poison: dict[int, tuple[int, bool]],
         from tune_dsr.models.dsr import DSR
         from tune_dsr.trainable import train_dsr
 
-        if spare and all(config[k] == v for k, v in spare.items()):
+        if (spare_anchors and config.get("anchor")) or "confirms" in config:
             train_dsr(config, train_set, val_set, **kwargs)
             return
         trial_id = tune.get_context().get_trial_id()
@@ -129,7 +129,7 @@ def make_poisoned(marker_dir: str, poison: dict[int, tuple[int, bool]],
 
 def run_poisoned_search(storage: Path, markers: Path, options: Any,
                         poison: dict[int, tuple[int, bool]],
-                        spare: dict[str, Any] | None = None) -> dict[str, Any]:
+                        spare_anchors: bool = False) -> dict[str, Any]:
     """Plan and run a search (`options`: SearchOptions) with poisoned trials; its outputs."""
     import dataclasses
 
@@ -141,7 +141,7 @@ def run_poisoned_search(storage: Path, markers: Path, options: Any,
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     plan = plan_search(dataclasses.replace(options, storage_path=str(storage)))
-    document = run_search(plan, function=make_poisoned(str(markers), poison, spare))
+    document = run_search(plan, function=make_poisoned(str(markers), poison, spare_anchors))
     experiment = Path(plan.experiment_path)
     study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
     return {"plan": plan, "document": document, "experiment": experiment, "study": study,

@@ -20,11 +20,13 @@ from tune_dsr.analysis import (
     epochs_saved,
     load_experiment,
     load_trials,
+    t_interval,
     trials_frame,
     unfinished_trials,
 )
 from tune_dsr.errors import ConfigError
 from tune_dsr.experiment import BEST_FILE, SearchPlan
+from tune_dsr.export import best_config_document
 
 PNG = b"\x89PNG\r\n\x1a\n"  # the signature is all the tests look at
 
@@ -40,13 +42,15 @@ def searched_params(seed: int) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     trial = study.ask()
-    load_preset("recognition_first").space(trial)
-    return dict(trial.params)
+    settings = load_preset("recognition_first").space(trial)  # a weight switched off: 0
+    return {**trial.params, **settings}
 
 
 def write_experiment(root: Path, trials: dict[str, list[dict[str, float]]], *,
                      max_epochs: int = 8, statuses: dict[str, str] | None = None,
-                     files: dict[str, list[str]] | None = None) -> Path:
+                     files: dict[str, list[str]] | None = None,
+                     anchors: dict[str, str] | None = None, warmup: int | None = None,
+                     patience: int = 0) -> Path:
     """An experiment folder as a search writes it: search_plan.json (objective: max val_margin;
     ASHA grace 1, factor 2), one trial folder per entry of `trials` with params.json and
     result.json (one line per epoch of metrics), and optionally Tune's statuses
@@ -56,13 +60,16 @@ def write_experiment(root: Path, trials: dict[str, list[dict[str, float]]], *,
                       storage_path=str(root), name="hand", num_samples=len(trials),
                       max_epochs=max_epochs, grace_period=1, reduction_factor=2, gpus=0,
                       gpus_per_trial=0, cpus_per_trial=1, max_concurrent=0, time_budget=None,
-                      seed=0, max_failures=0, checkpoint_every=1)
+                      seed=0, max_failures=0, checkpoint_every=1, patience=patience)
     plan.save()
     experiment = root / "hand"
     for number, (trial_id, epochs) in enumerate(trials.items()):
         folder = experiment / f"trial_{trial_id}"
         folder.mkdir()
-        config = {"epochs": max_epochs, **searched_params(number)}
+        config = {"epochs": max_epochs, **searched_params(number),
+                  "anchor": (anchors or {}).get(trial_id, "")}
+        if warmup is not None:
+            config["warmup_epochs"] = warmup
         (folder / "params.json").write_text(json.dumps(config))
         lines = [json.dumps({"epoch": e, "trial_id": trial_id, **metrics,
                              "checkpoint_dir_name": f"checkpoint_{e - 1:06d}"})
@@ -122,7 +129,9 @@ def test_trials_ranked_by_the_plans_objective(hand: Path) -> None:
     # The readers export and the search use give the same answers.
     assert exp.trials.equals(trials_frame(str(hand), "val_margin", "max", max_epochs=8))
     assert epochs_saved(exp.records) == {"trials": 6, "epochs_run": 8, "epochs_full": 48,
-                                         "epochs_saved": 40}
+                                         "epochs_saved": 40, "saved_by_patience": 0,
+                                         "saved_by_asha": 40}
+    assert set(exp.trials["stopped_by"]) == {"asha"} and set(exp.trials["anchor"]) == {""}
 
 
 def test_top_ranks_by_any_metric_at_its_own_best_epoch(hand: Path) -> None:
@@ -244,6 +253,129 @@ def test_the_folder_is_read_once(hand: Path, tmp_path: Path) -> None:
     assert set(exp.importance("val_psnr").index) == set(exp.searched)
 
 
+# ----------------------------------------------------------------------------- confirmation
+
+def recognition(margin: float, gain: float, half: float, rank1_gain: float = 0.1,
+                since: int = 0) -> dict[str, float]:
+    """An epoch's objective and recognition gains over bicubic, with their 95 % half-widths."""
+    return {"val_margin": margin, "val_psnr": 20.0, "val_margin_gain": gain,
+            "val_margin_gain_ci": half, "val_rank1_full_gain": rank1_gain,
+            "val_rank1_full_gain_ci": 0.05, "epochs_since_best": since}
+
+
+def write_confirmations(experiment: Path, runs: dict[str, list[list[dict[str, float]]]]) -> None:
+    """confirm/ as the search writes it: per confirmed trial, one folder per run."""
+    for trial_id, trial_runs in runs.items():
+        config = json.loads((experiment / f"trial_{trial_id}" / "params.json").read_text())
+        for number, epochs in enumerate(trial_runs, start=1):
+            run_id = f"{trial_id}{number}"
+            folder = experiment / "confirm" / f"trial_{run_id}"
+            folder.mkdir(parents=True)
+            (folder / "params.json").write_text(json.dumps(
+                {**config, "seed": number, "confirms": trial_id, "confirm_run": number}))
+            (folder / "result.json").write_text("".join(
+                json.dumps({"epoch": e, "trial_id": run_id, **metrics}) + "\n"
+                for e, metrics in enumerate(epochs, start=1)))
+
+
+def confirmed_experiment(root: Path, warmup: int = 1) -> Path:
+    """Three trials of 4 epochs: p is the pixel-only anchor, g the guide's, t TPE's. t is best
+    in the search (0.30), but its confirmation runs (0.20, 0.22) fall below p's (0.26, 0.28)."""
+    experiment = write_experiment(root, {
+        "p": [recognition(0.10, 0.02, 0.01), recognition(0.25, 0.06, 0.02)] * 2,
+        "g": [recognition(0.12, 0.02, 0.01), recognition(0.20, 0.04, 0.02)] * 2,
+        "t": [recognition(0.30, 0.08, 0.02), recognition(0.29, 0.07, 0.02)] * 2,
+    }, max_epochs=4, anchors={"p": "pixel-only", "g": "guide"}, warmup=warmup)
+    write_confirmations(experiment, {
+        "t": [[recognition(0.18, 0.03, 0.02), recognition(0.20, 0.04, 0.02)],
+              [recognition(0.22, 0.05, 0.02)]],
+        "p": [[recognition(0.20, 0.05, 0.02), recognition(0.26, 0.07, 0.02)],
+              [recognition(0.28, 0.09, 0.02), recognition(0.10, 0.00, 0.02, since=1)]],
+    })
+    return experiment
+
+
+def test_confirmations_rank_by_their_mean_and_export_takes_the_best(tmp_path: Path) -> None:
+    experiment = confirmed_experiment(tmp_path)
+    exp = load_experiment(experiment)
+    assert exp.trials["trial_id"].tolist() == ["t", "p", "g"]  # the search's own ranking
+    assert dict(zip(exp.trials["trial_id"], exp.trials["anchor"], strict=True)) == {
+        "t": "", "p": "pixel-only", "g": "guide"}
+    confirmed = exp.confirmations()
+    assert confirmed.index.tolist() == ["p", "t"]
+    p = confirmed.loc["p"]
+    assert (p["anchor"], p["runs"], p["values"], p["search_value"]) == (
+        "pixel-only", 2, [0.26, 0.28], 0.25)
+    assert p["mean"] == pytest.approx(0.27)
+    # 95 % t interval of two runs: 12.706 * sd / sqrt(2) = 12.706 * 0.01.
+    assert (p["low"], p["high"]) == pytest.approx((0.27 - 0.12706, 0.27 + 0.12706))
+    assert p["gain"] == pytest.approx(0.08)  # each run's margin gain at its best epoch
+    assert t_interval([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True),
+                                 pytest.approx(float("nan"), nan_ok=True))
+
+    winner = exp.winner()
+    assert (winner.trial_id, winner.anchor, winner.runs) == ("p", "pixel-only", 2)
+    document = best_config_document(str(experiment))
+    prov = document["provenance"]
+    assert (prov["trial_id"], prov["anchor"]) == ("p", "pixel-only")
+    assert prov["confirmed"]["values"] == [0.26, 0.28]
+    assert prov["confirmed"]["mean"] == pytest.approx(0.27)
+    assert prov["confirm_epochs"] == 7  # t: 2 + 1, p: 2 + 2
+    # Then the other confirmed configuration, then the rest of the search by its own value.
+    assert [best_config_document(str(experiment), rank=k)["provenance"]["trial_id"]
+            for k in (2, 3)] == ["t", "g"]
+    # By another metric, the search's trials alone.
+    assert best_config_document(str(experiment), "val_psnr")["provenance"].get(
+        "confirmed") is None
+
+
+def test_verdict_says_whether_the_winner_beats_bicubic_and_the_pixel_only_anchor(
+        tmp_path: Path) -> None:
+    verdict = load_experiment(confirmed_experiment(tmp_path / "one")).verdict()
+    assert verdict.winner.trial_id == "p" and verdict.beats_bicubic
+    assert verdict.beats_pixel_only is None  # the winner is the anchor itself
+    assert verdict.gain == pytest.approx(0.08) and verdict.gain_half_width == pytest.approx(0.02)
+    assert verdict.best_epochs == [2, 1]
+    assert "The winner is the pixel-only anchor" in verdict.text
+    assert "clearly beats bicubic" in verdict.text
+    assert "val_margin_gain +0.0800 [+0.0600, +0.1000]" in verdict.text
+
+    # Best epochs within a warm-up of 2: the network has barely left bicubic.
+    in_warmup = load_experiment(confirmed_experiment(tmp_path / "two", warmup=2)).verdict()
+    assert not in_warmup.beats_bicubic
+    assert "No configuration clearly beat doing nothing" in in_warmup.text
+    assert "best epoch (2, 1) lies within its learning-rate warm-up (2 epochs)" in in_warmup.text
+
+    # Unconfirmed: the search's best; a gain whose interval covers 0; the pixel-only anchor's
+    # value to beat.
+    experiment = write_experiment(tmp_path / "three", {
+        "p": [recognition(0.10, 0.01, 0.02)] * 3,
+        "t": [recognition(0.10, 0.00, 0.01), recognition(0.12, 0.01, 0.02)] * 2,
+    }, max_epochs=4, anchors={"p": "pixel-only"})
+    verdict = load_experiment(experiment).verdict()
+    assert verdict.winner.trial_id == "t" and not verdict.winner.confirmed
+    assert verdict.beats_pixel_only and verdict.pixel_only == pytest.approx(0.10)
+    assert not verdict.beats_bicubic
+    assert "Against the pixel-only anchor (val_margin 0.1000): better by +0.0200" in verdict.text
+    assert "its gain over bicubic has an interval that includes 0" in verdict.text
+
+
+def test_patience_stops_are_told_from_asha_stops(tmp_path: Path) -> None:
+    """A trial whose last epoch had gone `patience` epochs without a new best ended by
+    patience; the epochs each rule saved are counted apart."""
+    experiment = write_experiment(tmp_path, {
+        "x": [recognition(0.3, 0, 0), recognition(0.2, 0, 0, since=1),
+              recognition(0.1, 0, 0, since=2)],
+        "y": [recognition(0.1, 0, 0), recognition(0.2, 0, 0)],
+        "z": [recognition(0.1, 0, 0)] * 8,
+    }, patience=2)
+    exp = load_experiment(experiment)
+    stopped_by = dict(zip(exp.trials["trial_id"], exp.trials["stopped_by"], strict=True))
+    assert stopped_by == {"x": "patience", "y": "asha", "z": ""}
+    saved = epochs_saved(exp.records, patience=2)
+    assert (saved["saved_by_patience"], saved["saved_by_asha"]) == (5, 6)
+
+
 def test_running_or_interrupted_experiment(tmp_path: Path) -> None:
     """A trial with no epoch yet, one mid-run with a half-written line, a PENDING trial that has
     no folder yet, and an ERROR trial."""
@@ -339,13 +471,15 @@ def test_frames_of_the_finished_search(finished_search: dict[str, Any]) -> None:
     plan = finished_search["plan"]
     assert (exp.metric, exp.mode) == (plan.metric, plan.mode) and exp.plan == plan
     records = finished_search["trials"]
-    expected = trials_frame(records, plan.metric, plan.mode, plan.max_epochs)
+    expected = trials_frame(records, plan.metric, plan.mode, plan.max_epochs, plan.patience)
     assert exp.trials.drop(columns="status").equals(expected.drop(columns="status"))
     assert len(exp.history) == sum(len(t.history) for t in records)
     assert exp.unfinished == []
     best = json.loads((finished_search["experiment"] / BEST_FILE).read_text())["provenance"]
-    assert exp.top(1)["trial_id"].iloc[0] == best["trial_id"]
-    assert exp.top(1)["value"].iloc[0] == pytest.approx(best["value"])
+    # The export's winner is the best confirmed configuration, valued in the search as ranked.
+    assert exp.winner().trial_id == best["trial_id"]
+    ranked = exp.trials.set_index("trial_id")
+    assert ranked.loc[best["trial_id"], "value"] == pytest.approx(best["value"])
 
 
 @pytest.mark.slow
@@ -409,15 +543,18 @@ def test_importance_on_the_search(finished_search: dict[str, Any]) -> None:
     assert exp.study is not None
     searched = set(exp.searched)
     assert searched and "width" not in searched  # pinned by the search
+    # Optuna judges the parameters every trial drew: a weight drawn only where its switch is
+    # on is left out when some trial switched it off.
+    always = {"lr", "lambda_identity_on", "lambda_feature_match_on", "lambda_perceptual_on"}
     scored = int((exp.trials["value"].notna() & ~exp.trials["error"]).sum())
     for metric in (None, "val_psnr"):
         importance = exp.importance(metric)
-        assert set(importance.index) == searched
+        assert always <= set(importance.index) <= searched
         assert importance.sum() == pytest.approx(1.0)
         assert f"{scored} trials" in str(importance.name)
     complete = [t for t in exp.study.trials if t.state.name == "COMPLETE"]
     if len(complete) >= 2:
-        assert set(exp.importance(partial=False).index) == searched
+        assert set(exp.importance(partial=False).index) <= searched
     else:
         with pytest.raises(ConfigError, match="at least 2 trials that ran to the end"):
             exp.importance(partial=False)

@@ -71,7 +71,9 @@ def test_tables_sweep_csv_and_default_distractors(root, checkpoints, capsys, tmp
     assert {r["method"] for r in rows} == {"HR", "bicubic", "best.pt"}
     assert {r["protocol"] for r in rows} == {"guide", "wide"}
     assert set(rows[0]) >= {"probe", "subject", "method", "recogniser", "protocol", "predicted",
-                            "similarity", "correct", "psnr", "ssim"}
+                            "similarity", "correct", "margin", "psnr", "ssim"}
+    # A probe identified at rank 1 has a positive margin over every other gallery subject.
+    assert all((float(r["margin"]) > 0) == (r["rank"] == "1") for r in rows)
 
 
 def test_json_two_recognisers_and_leave_one_out(root, checkpoints, capsys):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tests.helpers import memory_faces
 from tune_dsr.data import PairedFaces
-from tune_dsr.gallery import ValidationGallery, bicubic_upscale
+from tune_dsr.gallery import ValidationGallery, bicubic_upscale, paired_half_width, soft_rank1
 
 DIM = 8
 VAL_SUBJECTS, TRAIN_SUBJECTS = ["0100", "0101"], ["0000", "0001", "0002"]
@@ -30,10 +30,14 @@ def constructed_gallery() -> ValidationGallery:
     own = torch.stack([_axes((0, 1.0)), _axes((1, 1.0))])
     training = torch.stack([_axes((2, 1.0)), _axes((3, 1.0)), _axes((4, 1.0))])
     labels = torch.tensor([0, 0, 1, 1])
+    bicubic_margins = torch.full((4,), 0.05)
     return ValidationGallery(own, torch.cat([own, training]), labels,
                              (*VAL_SUBJECTS, *TRAIN_SUBJECTS), 0.35,
                              {"rank1": 0.5, "accuracy": 0.5, "unknown_rate": 0.0,
-                              "rank1_full": 0.5, "margin": 0.05})
+                              "rank1_full": 0.5, "margin": 0.05,
+                              "soft_rank1": soft_rank1(bicubic_margins).mean().item()},
+                             {"rank1_full": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+                              "margin": bicubic_margins, "soft_rank1": soft_rank1(bicubic_margins)})
 
 
 def test_a_dsr_that_copies_training_identities_is_caught(constructed_gallery):
@@ -58,6 +62,25 @@ def test_a_dsr_that_copies_training_identities_is_caught(constructed_gallery):
     assert copied["val_rank1_full_gain"] == pytest.approx(-0.5)
     assert honest["val_margin_gain"] == pytest.approx(honest["val_margin"] - 0.05)
     assert copied["val_bicubic_margin"] == 0.05
+
+
+def test_gains_come_with_paired_intervals_and_a_soft_rank1(constructed_gallery):
+    """Each gain over bicubic has the 95 % half-width of its per-probe paired differences; the
+    soft rank-1 is the mean of sigmoid(margin / 0.05) and rises and falls with rank-1."""
+    faithful = torch.stack([_axes((0, 0.8), (7, 0.2)), _axes((0, 0.8), (7, 0.3)),
+                            _axes((1, 0.8), (7, 0.2)), _axes((1, 0.8), (7, 0.3))])
+    report = constructed_gallery.report(faithful)
+    # Rank-1 differences per probe: [0, 1, 0, 1] (bicubic missed probes 2 and 4).
+    differences = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    assert report["val_rank1_full_gain"] == pytest.approx(0.5)
+    assert report["val_rank1_full_gain_ci"] == pytest.approx(
+        1.959964 * differences.std().item() / 2)
+    assert report["val_margin_gain_ci"] > 0  # the four margins differ a little
+    # Every faithful probe is identified with a margin near 0.95: soft rank-1 close to 1.
+    assert report["val_soft_rank1"] > 0.99 and report["val_soft_rank1_gain"] > 0
+    assert soft_rank1(torch.tensor([0.0])).item() == 0.5
+    assert soft_rank1(torch.tensor([0.1])).item() == pytest.approx(0.8808, abs=1e-4)
+    assert paired_half_width(torch.tensor([0.3])) == 0.0  # one probe: no spread to measure
 
 
 def _embed_with(net):

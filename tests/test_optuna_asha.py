@@ -17,7 +17,6 @@ from tune_dsr.optuna_asha import (
     PruneAwareOptunaSearch,
     check_private_api,
     make_sampler,
-    pin_space,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -128,14 +127,6 @@ def test_private_api_check_passes_and_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(optuna_asha.ASHAScheduler, "__init__", without_brackets)
     with pytest.raises(PrivateApiChanged, match=r"ASHAScheduler\._brackets.*pyproject\.toml"):
         check_private_api()
-
-
-def test_pinned_space_holds_pins_and_searches_the_rest():
-    pinned = pin_space(space, {"depth": 3})
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    trial = study.ask()
-    assert pinned(trial) == {"width": 8, "depth": 3}
-    assert set(trial.params) == {"lr"}  # depth was not asked of Optuna
 
 
 def test_sampler_is_seeded_tpe_with_constant_liar():

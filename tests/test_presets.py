@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from search_spaces import BUILTIN, load_preset
-from tune_dsr.config import METRICS, Config
+from search_spaces import BUILTIN, SearchSpace, load_preset, optional_weight, pin_space
+from tune_dsr.config import METRICS, Config, switch_key
 from tune_dsr.errors import ConfigError
 
 
@@ -13,11 +13,11 @@ def test_preset_space_gives_valid_configs_offline(name):
     first = preset.first_config()
     # FixedTrial: the space run offline with the guide's values gives a valid config.
     constants = preset.space(optuna.trial.FixedTrial(first)) or {}
-    Config().replace(**first, **constants)
+    Config().replace(**{**first, **constants})
     for seed in range(5):  # and so does any sampled point
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
         constants = preset.space(trial) or {}
-        Config().replace(**trial.params, **constants)
+        Config().replace(**{**trial.params, **constants})
 
 
 def test_guide_values_per_preset():
@@ -45,12 +45,95 @@ def test_log_scales_where_values_span_decades():
     assert {"width", "depth", "bicubic_residual"} <= set(dists)
 
 
-def test_recognition_first_can_switch_the_identity_terms_off():
-    """The search must be able to find out that a term hurts (on real faces, L1 alone won)."""
-    dists = load_preset("recognition_first").distributions()
-    for key in ("lambda_identity", "lambda_feature_match"):
-        assert dists[key].low == 0.0 and not dists[key].log, key
-    Config().replace(lambda_identity=0.0, lambda_feature_match=0.0)
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_preset_can_switch_the_identity_terms_off(name):
+    """The search must be able to find out that a term hurts (on real faces, L1 alone won): each
+    weight is drawn "off, or on with a log-uniform weight"."""
+    dists = load_preset(name).distributions()
+    for key in ("lambda_identity", "lambda_feature_match", "lambda_perceptual"):
+        assert dists[switch_key(key)].choices == (False, True), key
+        assert dists[key].log and dists[key].low > 0, key
+    # A switched-off term is a zero weight; a switch that contradicts its weight is refused.
+    assert Config().replace(lambda_identity_on=False, lambda_identity=0.0).loss.lambda_identity == 0
+    with pytest.raises(ConfigError, match=r"lambda_identity_on=False.*lambda_identity=0\.5"):
+        Config().replace(lambda_identity_on=False)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_anchors_are_the_guide_then_pixel_only(name):
+    preset = load_preset(name)
+    points = preset.anchor_points()
+    assert list(points) == ["guide", "pixel-only"]
+    guide, pixel = points["guide"], points["pixel-only"]
+    assert guide == preset.first_config()
+    assert guide["lambda_identity_on"] and guide["lambda_feature_match_on"]
+    assert not pixel["lambda_identity_on"] and not pixel["lambda_feature_match_on"]
+    assert "lambda_identity" not in pixel and "lambda_feature_match" not in pixel
+    # Everything else is the guide's.
+    others = {k: v for k, v in guide.items() if not k.startswith(("lambda_identity",
+                                                                   "lambda_feature_match"))}
+    assert others.items() <= pixel.items()
+
+
+def test_tpe_draws_the_terms_exactly_off_and_labels_the_anchors():
+    """A real TPE study over recognition_first, rewarded for small identity weights: after the
+    anchors it proposes trials with the terms off, whose weight is exactly 0."""
+    preset = load_preset("recognition_first")
+    anchors = preset.anchor_points({"width": 8, "depth": 1})
+    space = SearchSpace(preset.space, {"width": 8, "depth": 1}, anchors)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=0, n_startup_trials=4))
+    for point in anchors.values():
+        study.enqueue_trial(point)
+    configs = []
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        settings = space(trial)
+        config = Config().replace(**{**trial.params, **settings})
+        configs.append((settings["anchor"], config))
+        return -config.loss.lambda_identity - config.loss.lambda_feature_match
+
+    study.optimize(objective, n_trials=16)
+    assert [label for label, _ in configs[:2]] == ["guide", "pixel-only"]
+    assert all(label == "" for label, _ in configs[2:])  # TPE's trials are not anchors
+    assert configs[1][1].loss.lambda_identity == 0.0
+    proposed = [config for _, config in configs[6:]]  # after the random start-up
+    off = [c for c in proposed if c.loss.lambda_identity == 0.0]
+    assert len(off) >= len(proposed) // 2, [c.loss.lambda_identity for c in proposed]
+    assert all(c.model.width == 8 for _, c in configs)  # the pins held
+
+
+def test_pinned_space_holds_pins_and_searches_the_rest():
+    def space(trial):
+        trial.suggest_float("lr", 1e-4, 1e-3, log=True)
+        trial.suggest_int("depth", 1, 4)
+        fixed = optional_weight(trial, "lambda_identity", 0.1, 1.0)
+        return {"width": 8, **fixed}
+
+    pinned = pin_space(space, {"depth": 3, "lambda_identity": 0.0})
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    assert pinned(trial) == {"width": 8, "depth": 3, "lambda_identity": 0.0}
+    # Neither the pins nor the pinned weight's switch were asked of Optuna.
+    assert set(trial.params) == {"lr"}
+
+
+def test_user_preset_declares_its_anchors_and_patience(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from search_spaces import optional_weight\n"
+        "METRIC = 'val_margin'\nPATIENCE = 4\nGUIDE = {'lr': 2e-4}\n"
+        "ANCHORS = {'guide': {}, 'no-fm': {'lambda_feature_match': 0.0}, 'same': {}}\n"
+        "def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-3, log=True)\n"
+        "    return optional_weight(trial, 'lambda_feature_match', 0.01, 0.5)\n")
+    preset = load_preset(str(path))
+    assert preset.patience == 4
+    points = preset.anchor_points()
+    # 'same' is the guide's point again: run once, under the first label.
+    assert points == {"guide": {"lr": 2e-4, "lambda_feature_match_on": True,
+                                "lambda_feature_match": 0.15},
+                      "no-fm": {"lr": 2e-4, "lambda_feature_match_on": False}}
+    # A pin can make two anchors one point.
+    assert list(preset.anchor_points({"lambda_feature_match": 0.0})) == ["guide"]
 
 
 def test_unknown_preset_lists_valid_ones():
@@ -80,6 +163,18 @@ def test_user_preset_file(tmp_path):
      ["unknown config key 'lrate'"]),
     ("METRIC='val_psnr'\nMODE='max'\nGUIDE={'lr': 0.1}\n"
      "def space(t):\n    t.suggest_float('lr', 1e-4, 1e-3)\n", ["lr=0.1 lies outside"]),
+    ("METRIC='val_psnr'\nANCHORS={'x': {'lerning_rate': 1e-4}}\n"
+     "def space(t):\n    t.suggest_float('lr', 1e-4, 1e-3)\n",
+     ["anchor 'x' sets lerning_rate", "does not search"]),
+    ("METRIC='val_psnr'\nANCHORS={'x': {'width': 64}}\n"
+     "def space(t):\n    t.suggest_float('lr', 1e-4, 1e-3)\n",
+     ["anchor 'x' sets width, which the space does not search"]),
+    ("METRIC='val_psnr'\nANCHORS={'off': {'lambda_identity': 0.0}}\n"
+     "def space(t):\n    t.suggest_float('lambda_identity', 0.1, 1.0)\n",
+     ["anchor 'off'", "lambda_identity=0.0 lies outside", "optional_weight"]),
+    ("METRIC='val_psnr'\nANCHORS=['guide']\ndef space(t):\n    pass\n",
+     ["ANCHORS must map labels to settings"]),
+    ("METRIC='val_psnr'\nPATIENCE=0\ndef space(t):\n    pass\n", ["PATIENCE=0"]),
 ])
 def test_bad_user_preset_is_refused(tmp_path, body, words):
     path = tmp_path / "bad.py"

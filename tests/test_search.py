@@ -1,9 +1,10 @@
 """End-to-end searches with real Ray Tune (local, 2 CPUs), real Optuna and real torch training.
 
-One search of six trials is shared by several tests: ASHA stops some, the guide's configuration is
-the first trial, stopped trials are PRUNED in the Optuna study, one trial diverges (NaN) and fails
-alone, another diverges once and is retried from its checkpoint, and the best trial is exported and
-trained again.
+One search of six trials is shared by several tests: the anchors (the guide's values, then
+pixel-only) run first, ASHA and the patience stop some, stopped trials are PRUNED in the Optuna
+study, one trial diverges (NaN) and fails alone, the top two are confirmed with new seeds and the
+best confirmed one is exported and trained again. Another search diverges once and is retried
+from its checkpoint.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ import optuna
 import pytest
 
 from search_spaces import load_preset
-from tests.conftest import SEARCH_EPOCHS, SEARCH_PINS, search_options
+from tests.conftest import (
+    SEARCH_CONFIRM,
+    SEARCH_EPOCHS,
+    SEARCH_PATIENCE,
+    SEARCH_PINS,
+    search_options,
+)
 from tests.helpers import run_poisoned_search
 from tune_dsr import train as train_cli
-from tune_dsr.analysis import trials_frame
+from tune_dsr.analysis import load_experiment, load_trials
 from tune_dsr.config import Config
-from tune_dsr.experiment import BEST_FILE, STUDY_FILE
+from tune_dsr.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +36,7 @@ MAX_EPOCHS = SEARCH_EPOCHS
 
 def _optuna_trial_for(study, tune_config):
     matches = [t for t in study.trials
-               if t.params.get("lambda_identity") == tune_config["lambda_identity"]
-               and t.params.get("lr") == tune_config["lr"]]
+               if all(tune_config.get(k) == v for k, v in t.params.items())]
     assert len(matches) == 1, (tune_config, [t.params for t in study.trials])
     return matches[0]
 
@@ -46,15 +52,21 @@ def test_six_trials_and_asha_stopped_some_early(finished_search):
     assert all(t.epochs_run >= 1 for t in stopped)  # the grace period is honoured
 
 
-def test_guide_configuration_is_the_first_trial(finished_search):
-    first = finished_search["study"].trials[0]
-    preset = load_preset("recognition_first")
-    pinned = set(SEARCH_PINS)
-    expected = {k: v for k, v in preset.first_config().items() if k not in pinned}
-    assert first.params == expected
-    guide_runs = [t for t in finished_search["trials"]
-                  if all(t.config[k] == v for k, v in expected.items())]
-    assert len(guide_runs) == 1 and guide_runs[0].history  # it really ran
+def test_the_anchors_run_first_labelled(finished_search):
+    """The guide's values, then the same with the identity terms off, before TPE's trials."""
+    study = finished_search["study"]
+    anchors = load_preset("recognition_first").anchor_points(SEARCH_PINS)
+    assert list(anchors) == ["guide", "pixel-only"]
+    assert [study.trials[0].params, study.trials[1].params] == list(anchors.values())
+    assert finished_search["plan"].anchors == anchors
+    labels = {t.trial_id: t.config["anchor"] for t in finished_search["trials"]}
+    assert sorted(labels.values()) == ["", "", "", "", "guide", "pixel-only"]
+    for trial in finished_search["trials"]:
+        if trial.config["anchor"]:
+            assert trial.history  # it really ran
+            assert all(trial.config[k] == v for k, v in anchors[trial.config["anchor"]].items())
+    pixel = next(t for t in finished_search["trials"] if t.config["anchor"] == "pixel-only")
+    assert pixel.config["lambda_identity"] == pixel.config["lambda_feature_match"] == 0.0
 
 
 def test_stopped_trials_are_pruned_in_optuna_not_complete(finished_search):
@@ -98,12 +110,47 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_session, search_ro
     assert run["study"].trials[0].state == optuna.trial.TrialState.COMPLETE
 
 
+def test_a_trial_ends_when_its_patience_runs_out(finished_search):
+    """No trial goes on more than the patience past its own best; a trial that reached it
+    ended there (by patience, not ASHA), and the epochs each rule saved add up."""
+    exp = load_experiment(finished_search["experiment"])
+    for trial in finished_search["trials"]:
+        since = [int(r["epochs_since_best"]) for r in trial.history]
+        assert max(since, default=0) <= SEARCH_PATIENCE, (trial.trial_id, since)
+        if SEARCH_PATIENCE in since:  # it ended there
+            assert since.index(SEARCH_PATIENCE) == len(since) - 1, (trial.trial_id, since)
+    stopped = exp.trials[exp.trials["stopped_early"]]
+    assert set(stopped["stopped_by"]) <= {"patience", "asha"} and len(stopped)
+    saved = finished_search["document"]["provenance"]
+    assert (saved["epochs_saved_by_patience"] + saved["epochs_saved_by_asha"]
+            == saved["epochs_full"] - saved["epochs_total"] - MAX_EPOCHS)  # less the failed one's
+
+
+def test_the_top_configurations_are_confirmed_and_export_takes_the_best_mean(finished_search):
+    plan = finished_search["plan"]
+    exp = load_experiment(finished_search["experiment"])
+    runs = load_trials(str(finished_search["experiment"] / CONFIRM_DIR))
+    top = exp.top(SEARCH_CONFIRM)["trial_id"].tolist()
+    assert sorted(r.config["confirms"] for r in runs) == sorted(top)
+    for run in runs:  # a new seed, at the full budget: neither ASHA nor a shorter run
+        repeated = exp.trial(run.config["confirms"]).config
+        assert run.config["seed"] == plan.seed + 1 != repeated["seed"]
+        labels = {"seed", "confirms", "confirm_run"}
+        assert ({k: v for k, v in run.config.items() if k not in labels}
+                == {k: v for k, v in repeated.items() if k not in labels})
+        assert run.epochs_run == MAX_EPOCHS or run.history[-1]["epochs_since_best"] >= \
+            SEARCH_PATIENCE
+    confirmed = exp.confirmations()
+    assert sorted(confirmed.index) == sorted(top) and (confirmed["runs"] == 1).all()
+    best = json.loads((finished_search["experiment"] / BEST_FILE).read_text())
+    assert best["provenance"]["trial_id"] == confirmed.index[0] == exp.winner().trial_id
+    assert best["provenance"]["confirmed"]["mean"] == pytest.approx(confirmed["mean"].iloc[0])
+    assert "Winner: trial " + confirmed.index[0] in best["provenance"]["verdict"]
+
+
 def test_best_config_written_exported_and_trained(finished_search, tmp_path, capsys):
     experiment = finished_search["experiment"]
     best = json.loads((experiment / BEST_FILE).read_text())
-    frame = trials_frame(str(experiment), "val_margin", "max")
-    assert best["provenance"]["trial_id"] == frame.iloc[0]["trial_id"]
-    assert best["provenance"]["value"] == pytest.approx(frame.iloc[0]["value"])
     assert (experiment / STUDY_FILE).is_file()
     winner = next(t for t in finished_search["trials"]
                   if t.trial_id == best["provenance"]["trial_id"])
@@ -112,6 +159,7 @@ def test_best_config_written_exported_and_trained(finished_search, tmp_path, cap
 
     out = tmp_path / "best.json"
     assert search_cli_export(str(experiment), "--out", str(out)) == 0
+    assert "clearly" in capsys.readouterr().out  # the verdict, either way
     exported = json.loads(out.read_text())
     assert exported["provenance"]["trial_id"] == best["provenance"]["trial_id"]
     assert 0 <= exported["metrics"]["val_accuracy"] <= exported["metrics"]["val_rank1"] <= 1

@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import SEARCH_PINS
 from tune_dsr import demo
 from tune_dsr import search as search_cli
-from tune_dsr.analysis import load_trials
-from tune_dsr.experiment import BEST_FILE, STUDY_FILE
+from tune_dsr.analysis import load_experiment, load_trials
+from tune_dsr.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],
@@ -56,6 +56,9 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--set", "lr=5"], ["lr=5", "(0.0, 1.0]"]),
     (["--set", "width"], ["write KEY=VALUE"]),
     (["--storage-path", "ftp://host/x"], ["unsupported URI scheme"]),
+    (["--num-samples", "2", "--confirm", "3"], ["--confirm=3", "the 2 trials the search runs"]),
+    (["--patience", "0"], ["--patience=0 must be at least 1"]),
+    (["--confirm-runs", "0"], ["--confirm-runs=0 must be at least 1"]),
 ])
 def test_bad_arguments_fail_before_anything_starts(extra, words, search_root, tmp_path,
                                                   capsys):
@@ -113,11 +116,21 @@ def test_storage_check_finds_the_path_shared_on_one_node(ray_session, tmp_path):
     assert list((tmp_path / "shared").iterdir()) == []  # the marker is cleaned up
 
 
+def test_a_preset_whose_anchor_names_an_unknown_key(search_root, tmp_path, capsys):
+    preset = tmp_path / "mine.py"
+    preset.write_text("METRIC = 'val_margin'\nANCHORS = {'guide': {}, 'odd': {'lerning_rate': 1}}\n"
+                      "def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-3, log=True)\n")
+    code, text = run_main([*data_args(search_root), *TINY, "--space", str(preset),
+                           "--storage-path", str(tmp_path / "results"), "--name", "x"], capsys)
+    assert code == 2 and "anchor 'odd'" in text and "lerning_rate" in text
+    assert not (tmp_path / "results" / "x").exists()
+
+
 def test_list_spaces(capsys):
     code, text = run_main(["--list-spaces"], capsys)
     assert code == 0
-    for words in ("recognition_first", "max val_margin", "quality_first",
-                  "max val_psnr", "fast", "max val_score", "lambda_identity", "(log)"):
+    for words in ("recognition_first", "quality_first", "max val_psnr", "fast", "max val_score",
+                  "lambda_identity", "(log)", "anchors (run first): guide", "pixel-only"):
         assert words in text
 
 
@@ -159,37 +172,51 @@ def _wait_for_finished(driver: subprocess.Popen, experiment: Path, count: int) -
 @pytest.mark.slow
 def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
         ray_session, search_root, tmp_path, capsys, caplog):
+    """Ctrl-C in the search, then a kill in the confirmation runs: each resume goes on where
+    the last left off, and no finished trial or confirmation run is run again."""
     storage, name = tmp_path / "results", "killed"
     experiment = storage / name
+    confirm = experiment / CONFIRM_DIR
     resume = ["--resume", "--storage-path", str(storage), "--name", name]
 
     # Ctrl-C: Tune saves the experiment; the CLI says it is unfinished and how to go on.
     driver = _driver([*data_args(search_root), *TINY, "--num-samples", "3", "--max-epochs",
-                      "2", "--grace-period", "2", "--max-concurrent", "1", "--storage-path",
-                      str(storage), "--name", name], tmp_path)
+                      "2", "--grace-period", "2", "--max-concurrent", "1", "--confirm", "1",
+                      "--confirm-runs", "2", "--storage-path", str(storage), "--name", name],
+                     tmp_path)
     _wait_for_finished(driver, experiment, 1)
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err[-2000:]
     assert f"--resume --storage-path {storage} --name {name}" in err
+    assert not confirm.exists()  # an interrupted search confirms nothing
 
-    # Resumed, then killed outright: no chance to save anything on the way out.
+    # Resumed: the search ends, the confirmation runs start; then killed outright, with no
+    # chance to save anything on the way out.
     driver = _driver(resume, tmp_path)
     try:
-        _wait_for_finished(driver, experiment, 2)
+        _wait_for_finished(driver, confirm, 1)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
         driver.wait()
-    finished = {t for t, s in _statuses(experiment).items() if s == "TERMINATED"}
-    rows_before = {t.trial_id: (Path(t.path) / "progress.csv").read_text()
-                   for t in load_trials(str(experiment)) if t.trial_id in finished}
+    rows_before = {}
+    for folder in (experiment, confirm):
+        finished = {t for t, s in _statuses(folder).items() if s == "TERMINATED"}
+        rows_before.update({t.trial_id: (Path(t.path) / "progress.csv").read_text()
+                            for t in load_trials(str(folder)) if t.trial_id in finished})
+    assert len(rows_before) == 4  # three trials and one confirmation run
 
     with caplog.at_level(logging.INFO, logger="tune_dsr.optuna_asha"):
         code, _ = run_main(resume, capsys)
     assert code == 0
     trials = load_trials(str(experiment))
     assert len(trials) == 3 and all(t.epochs_run == 2 and not t.error for t in trials)
-    for trial in trials:  # finished trials were not run again
+    runs = load_trials(str(confirm))
+    assert len(runs) == 2 and all(r.epochs_run == 2 and not r.error for r in runs)
+    assert sorted(r.config["confirm_run"] for r in runs) == [1, 2]
+    assert {r.config["confirms"] for r in runs} == {load_experiment(experiment).top(1)[
+        "trial_id"].iloc[0]}
+    for trial in [*trials, *runs]:  # finished trials were not run again
         if trial.trial_id in rows_before:
             assert (Path(trial.path) / "progress.csv").read_text() == rows_before[trial.trial_id]
     # ASHA's rungs came back with the experiment (a plain Tuner.restore starts them empty).
@@ -227,8 +254,8 @@ def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
     script = tmp_path / "cluster_search.py"
     script.write_text(CLUSTER_SCRIPT)
     argv = [*data_args(search_root), *TINY, "--num-samples", "2", "--max-epochs", "1",
-            "--grace-period", "1", "--max-concurrent", "2", "--storage-path", str(storage),
-            "--name", name]
+            "--grace-period", "1", "--max-concurrent", "2", "--confirm", "0", "--storage-path",
+            str(storage), "--name", name]
     done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,
                           env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -14,7 +14,8 @@ from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 EXPECTED_KEYS = {
     *METRICS, "epoch", "lr", "train_loss", "images_per_s", "epoch_seconds", "train_psnr",
     "val_bicubic_rank1", "val_bicubic_rank1_full", "val_bicubic_margin", "val_bicubic_accuracy",
-    "val_bicubic_unknown_rate",
+    "val_bicubic_unknown_rate", "val_bicubic_soft_rank1", "epochs_since_best",
+    "val_margin_gain_ci", "val_rank1_full_gain_ci", "val_soft_rank1_gain_ci",
     *(f"train_{term}_loss" for term in ("l1", "perceptual", "identity", "feature_match", "tv")),
 }
 
@@ -119,8 +120,18 @@ def test_early_stopping_with_patience_and_off(unit_config, memory_sets, boring_n
     # lr 0 after warm-up: nothing improves, so patience 1 stops after epoch 2.
     config = unit_config.replace(epochs=5, early_stop_patience=1, monitor="val_loss",
                                  warmup_epochs=0, lr=1e-9)
-    result = _trainer(config, memory_sets, boring_nets).fit()
+    recorder = Recorder()
+    result = _trainer(config, memory_sets, boring_nets, callbacks=[recorder]).fit()
     assert result.stopped_early and result.epochs_run < 5
+    # Each epoch reports how long the monitor has gone without a new best (the patience
+    # count a search reads to tell a patience stop from ASHA's); it ends at the patience.
+    since = [m["epochs_since_best"] for m in recorder.epochs]
+    best = [m["best_val_loss"] for m in recorder.epochs]
+    assert since[-1] == 1 and since[0] == 0
+    for epoch in range(len(since)):
+        new_best = epoch == 0 or best[epoch] != best[epoch - 1]
+        assert (since[epoch] == 0) == new_best
+        assert since[epoch] == 0 or since[epoch] == since[epoch - 1] + 1
     result = _trainer(config.replace(early_stop_patience=0, epochs=3), memory_sets,
                       boring_nets).fit()
     assert not result.stopped_early and result.epochs_run == 3

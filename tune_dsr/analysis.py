@@ -7,6 +7,8 @@
     exp.top(5, "val_psnr")      # the five best trials by another metric
     exp.pareto("val_psnr", "val_margin")
     exp.importance(), exp.rungs(), exp.best_checkpoint()
+    exp.confirmations()         # each confirmed configuration: its runs, mean and interval
+    exp.winner(), exp.verdict() # the configuration export takes; did it beat doing nothing?
 
 `load_experiment` reads the folder once; every method works on what it read, so a notebook can
 ask many questions of a large or remote experiment cheaply. It needs no running Ray, and works
@@ -39,7 +41,7 @@ import pandas as pd
 
 from tune_dsr.config import direction
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import STUDY_FILE, SearchPlan, filesystem, is_uri, join
+from tune_dsr.experiment import CONFIRM_DIR, STUDY_FILE, SearchPlan, filesystem, is_uri, join
 
 if TYPE_CHECKING:
     import optuna
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Experiment",
     "TrialRecord",
+    "Verdict",
+    "Winner",
     "asha_milestones",
     "epochs_saved",
     "history_frame",
@@ -61,8 +65,28 @@ logger = logging.getLogger(__name__)
 # Tune statuses of a trial that has not ended: the search is running, or was interrupted.
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 # The columns of `trials_frame` before its metric/... and config/... columns.
-BASE_COLUMNS = ["trial_id", "value", "best_epoch", "epochs_run", "stopped_early", "error",
-                "status", "path", "checkpoint"]
+BASE_COLUMNS = ["trial_id", "anchor", "value", "best_epoch", "epochs_run", "stopped_early",
+                "stopped_by", "error", "status", "path", "checkpoint"]
+# The recognition gain over bicubic that the verdict reports for an objective (default: margin).
+GAIN_OF = {"val_margin": "val_margin_gain", "val_rank1_full": "val_rank1_full_gain",
+           "val_soft_rank1": "val_soft_rank1_gain", "val_margin_gain": "val_margin_gain",
+           "val_rank1_full_gain": "val_rank1_full_gain",
+           "val_soft_rank1_gain": "val_soft_rank1_gain"}
+# Two-sided 95 % Student t quantiles by degrees of freedom (beyond: the normal's 1.96).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_interval(values: Iterable[float]) -> tuple[float, float, float]:
+    """Mean and 95 % Student t interval of a few runs' values (NaN bounds for one run)."""
+    data = np.asarray(list(values), dtype=float)
+    mean = float(data.mean()) if data.size else math.nan
+    if data.size < 2:
+        return mean, math.nan, math.nan
+    df = data.size - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items()) if k >= df), 1.96)
+    half = t * float(data.std(ddof=1)) / math.sqrt(data.size)
+    return mean, mean - half, mean + half
 
 
 @dataclass
@@ -82,6 +106,11 @@ class TrialRecord:
         return int(max((r.get("epoch", 0) for r in self.history), default=0))
 
     @property
+    def anchor(self) -> str:
+        """The anchor this trial ran (``guide``, ``pixel-only``...), or "" for a TPE trial."""
+        return str(self.config.get("anchor") or "")
+
+    @property
     def unfinished(self) -> bool:
         """Still running, pending or paused: its epochs so far are not its last."""
         return self.status in UNFINISHED
@@ -90,6 +119,96 @@ class TrialRecord:
         checkpoints = [r["checkpoint_dir_name"] for r in self.history
                        if r.get("checkpoint_dir_name")]
         return join(self.path, checkpoints[-1]) if checkpoints else None
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The configuration a search hands back: its search trial, anchor label, the value it is
+    ranked by (the confirmed mean, or the search trial's best) and its confirmation runs."""
+
+    trial_id: str
+    anchor: str
+    value: float
+    runs: int  # confirmation runs (0: not confirmed)
+    low: float  # 95 % t interval of the confirmed mean (NaN for fewer than two runs)
+    high: float
+    run_records: list[TrialRecord] = field(default_factory=list, repr=False)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.runs > 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether the search found a DSR that clearly helps recognition on validation.
+
+    ``gain`` is the winner's recognition gain over bicubic (``gain_metric``, e.g. the margin's)
+    at its best epoch, averaged over its confirmation runs where it has them, with the 95 %
+    half-width of the per-probe paired difference; ``rank1_gain`` likewise. It *clearly beats
+    bicubic* when the gain's interval excludes 0 and its best epoch came after the learning-rate
+    warm-up (before it, the network has barely moved from bicubic upscaling). ``pixel_only`` is
+    the pixel-only anchor's value of the objective (its confirmed mean where confirmed).
+    """
+
+    metric: str
+    winner: Winner
+    gain_metric: str
+    gain: float
+    gain_half_width: float
+    rank1_gain: float
+    rank1_half_width: float
+    best_epochs: list[int]
+    warmup_epochs: int
+    pixel_only: float | None
+    beats_bicubic: bool
+    beats_pixel_only: bool | None
+    text: str
+
+    @classmethod
+    def of(cls, metric: str, mode: str, winner: Winner, gain_metric: str, gain: float,
+           half: float, rank1: float, rank1_half: float, best_epochs: list[int], warmup: int,
+           pixel_only: float | None) -> Verdict:
+        in_warmup = bool(best_epochs) and max(best_epochs) <= warmup
+        clear = math.isfinite(gain) and math.isfinite(half) and gain - half > 0 and not in_warmup
+        sign = 1.0 if mode == "max" else -1.0
+        beats_pixel = (None if pixel_only is None or winner.anchor == "pixel-only"
+                       else sign * (winner.value - pixel_only) > 0)
+        which = (f"trial {winner.trial_id}" + (f" ({winner.anchor} anchor)" if winner.anchor
+                                                else ""))
+        how = (f"mean of {winner.runs} confirmation run(s)" if winner.confirmed
+               else "its search run")
+        epochs = ", ".join(str(e) for e in best_epochs) or "?"
+        lines = [f"Winner: {which}, {metric} {winner.value:.4f} ({how}"
+                 + (f", 95 % interval [{winner.low:.4f}, {winner.high:.4f}]"
+                    if math.isfinite(winner.low) else "") + f"; best epoch {epochs})."]
+        # A rank-1 gain lies in [-1, 1] whatever the normal approximation says.
+        rank1_low, rank1_high = max(-1.0, rank1 - rank1_half), min(1.0, rank1 + rank1_half)
+        lines.append(f"Gain over bicubic on validation: {gain_metric} {gain:+.4f} "
+                     f"[{gain - half:+.4f}, {gain + half:+.4f}], rank-1 {rank1:+.1%} "
+                     f"[{rank1_low:+.1%}, {rank1_high:+.1%}] (95 %, paired over the "
+                     "validation faces).")
+        if winner.anchor == "pixel-only":
+            lines.append("The winner is the pixel-only anchor: the identity terms did not help "
+                         "on this data.")
+        elif pixel_only is not None:
+            lines.append(f"Against the pixel-only anchor ({metric} {pixel_only:.4f}): "
+                         + ("better" if beats_pixel else "not better")
+                         + f" by {sign * (winner.value - pixel_only):+.4f}.")
+        if clear:
+            lines.append("It clearly beats bicubic upscaling on validation.")
+        else:
+            why = []
+            if in_warmup:
+                why.append(f"its best epoch ({epochs}) lies within its learning-rate warm-up "
+                           f"({warmup} epochs), when the network has barely moved from bicubic")
+            if not (math.isfinite(gain) and math.isfinite(half) and gain - half > 0):
+                why.append("its gain over bicubic " + (
+                    "is negative" if gain + half < 0 else "has an interval that includes 0"))
+            lines.append("No configuration clearly beat doing nothing (bicubic upscaling): "
+                         + " and ".join(why) + ".")
+        return cls(metric, winner, gain_metric, gain, half, rank1, rank1_half, best_epochs,
+                   warmup, pixel_only, clear, beats_pixel, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -103,16 +222,22 @@ class Experiment:
     """
 
     def __init__(self, path: str, plan: SearchPlan | None, records: list[TrialRecord],
-                 statuses: dict[str, str], metric: str, mode: str) -> None:
+                 statuses: dict[str, str], metric: str, mode: str,
+                 confirm_records: list[TrialRecord] | None = None) -> None:
         self.path = path
         self.plan = plan
         self.records = records
         self.statuses = statuses  # every trial Tune knows of, folders or not yet
         self.metric, self.mode = metric, mode
         self.max_epochs = plan.max_epochs if plan else _full_length(records)
+        self.patience = plan.patience if plan else 0
         self._ranked: dict[str, pd.DataFrame] = {}
         self.trials = self._ranking(metric)  # checks the metric was reported
         self.history = _history(records)
+        # The confirmation runs (``--confirm``): each repeats a search trial (``confirms``).
+        self.confirm_records = list(confirm_records or [])
+        self.confirm_trials = trials_frame(self.confirm_records, metric, mode, self.max_epochs,
+                                           self.patience)
 
     def __repr__(self) -> str:
         unfinished = f", {len(self.unfinished)} unfinished" if self.unfinished else ""
@@ -178,7 +303,8 @@ class Experiment:
     def _ranking(self, metric: str) -> pd.DataFrame:
         if metric not in self._ranked:
             mode = self.mode if metric == self.metric else direction(metric)
-            self._ranked[metric] = trials_frame(self.records, metric, mode, self.max_epochs)
+            self._ranked[metric] = trials_frame(self.records, metric, mode, self.max_epochs,
+                                                self.patience)
         return self._ranked[metric]
 
     def top(self, k: int = 5, metric: str | None = None) -> pd.DataFrame:
@@ -214,6 +340,84 @@ class Experiment:
         front = frame[~dominated]
         return front.sort_values(columns[0], ascending=signs[0] < 0, kind="stable",
                                  ignore_index=True)
+
+    # ------------------------------------------------------------ confirmation and verdict
+    def confirmations(self) -> pd.DataFrame:
+        """One row per confirmed configuration (index: the search trial it repeats), best mean
+        first: its anchor label, its value in the search, the confirmation runs' values of the
+        objective (each at its best epoch), their mean with a 95 % t interval, and the mean
+        recognition gain over bicubic (``gain``, the verdict's metric). Empty without
+        confirmation runs."""
+        columns = ["anchor", "search_value", "runs", "values", "mean", "low", "high", "gain"]
+        frame = self.confirm_trials
+        if frame.empty:
+            return pd.DataFrame(columns=columns).rename_axis("trial_id")
+        gain = GAIN_OF.get(self.metric, "val_margin_gain")
+        search = self.trials.set_index("trial_id")["value"]
+        rows = {}
+        for trial_id, runs in frame[frame["value"].notna()].groupby("confirms", sort=False):
+            runs = runs.sort_values("config/confirm_run")
+            values = runs["value"].tolist()
+            mean, low, high = t_interval(values)
+            gains = runs.get(f"metric/{gain}", pd.Series(dtype=float)).dropna()
+            rows[trial_id] = {
+                "anchor": runs["anchor"].iloc[0], "search_value": search.get(trial_id, math.nan),
+                "runs": len(values), "values": values, "mean": mean, "low": low, "high": high,
+                "gain": float(gains.mean()) if len(gains) else math.nan}
+        out = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+        out.index.name = "trial_id"
+        return out.sort_values("mean", ascending=self.mode == "min", kind="stable")
+
+    def winner(self) -> Winner:
+        """The configuration export takes: the best confirmed mean where the search confirmed
+        its top trials, else the best trial."""
+        confirmed = self.confirmations()
+        if not confirmed.empty:
+            trial_id = str(confirmed.index[0])
+            row = confirmed.iloc[0]
+            runs = self.confirm_trials[self.confirm_trials["confirms"] == trial_id]
+            runs = runs.sort_values("config/confirm_run")
+            return Winner(trial_id, str(row["anchor"]), float(row["mean"]), int(row["runs"]),
+                          float(row["low"]), float(row["high"]),
+                          [self.confirm_record(r) for r in runs["trial_id"]])
+        top = self.top(1)
+        if top.empty:
+            raise ConfigError(f"no trial of {self.path} has reported {self.metric} yet; wait "
+                              "for the search's first epoch, or --resume it")
+        trial_id = str(top["trial_id"].iloc[0])
+        return Winner(trial_id, self.trial(trial_id).anchor, float(top["value"].iloc[0]), 0,
+                      math.nan, math.nan, [])
+
+    def confirm_record(self, trial_id: str) -> TrialRecord:
+        for record in self.confirm_records:
+            if record.trial_id == trial_id:
+                return record
+        raise ConfigError(f"no confirmation run {trial_id!r} in {self.path}/{CONFIRM_DIR}")
+
+    def verdict(self) -> Verdict:
+        """Did the winner clearly beat bicubic upscaling, and the pixel-only anchor? In words
+        (``text``) and figures; see `Verdict`."""
+        winner = self.winner()
+        gain_metric = GAIN_OF.get(self.metric, "val_margin_gain")
+        # The winner's runs at their best epochs: the confirmation runs, else its search trial.
+        rows = ([_best_row(r.history, self.metric, self.mode) for r in winner.run_records]
+                if winner.run_records else
+                [_best_row(self.trial(winner.trial_id).history, self.metric, self.mode)])
+        rows = [r for r in rows if r]
+        gains = [float(r.get(gain_metric, math.nan)) for r in rows]
+        halves = [float(r.get(f"{gain_metric}_ci", math.nan)) for r in rows]
+        rank1 = [float(r.get("val_rank1_full_gain", math.nan)) for r in rows]
+        rank1_halves = [float(r.get("val_rank1_full_gain_ci", math.nan)) for r in rows]
+        best_epochs = [int(r.get("epoch", 0)) for r in rows]
+        warmup = int(self.trial(winner.trial_id).config.get("warmup_epochs", 0))
+        pixel = self.trials[self.trials["anchor"] == "pixel-only"]
+        pixel_value = float(pixel["value"].iloc[0]) if len(pixel) else None
+        confirmed = self.confirmations()
+        if pixel_value is not None and str(pixel["trial_id"].iloc[0]) in confirmed.index:
+            pixel_value = float(confirmed.loc[str(pixel["trial_id"].iloc[0]), "mean"])
+        return Verdict.of(self.metric, self.mode, winner, gain_metric, _mean(gains),
+                          _mean(halves), _mean(rank1), _mean(rank1_halves), best_epochs, warmup,
+                          pixel_value)
 
     def rungs(self) -> pd.DataFrame:
         """The trials that reached each of ASHA's rungs, from the plan's grace period, reduction
@@ -308,6 +512,8 @@ class Experiment:
         """Optuna trials built from the Tune trials' best values of `metric`."""
         import optuna
 
+        from search_spaces import in_range
+
         if not self.distributions:
             raise ConfigError(f"{self.path} has no search plan, so the searched "
                               "hyperparameters and their ranges are unknown")
@@ -317,7 +523,10 @@ class Experiment:
             record = self.trial(str(row.trial_id))
             if not partial and (record.unfinished or record.epochs_run < self.max_epochs):
                 continue
-            params = {k: record.config[k] for k in self.distributions if k in record.config}
+            # A conditional parameter counts only where it was drawn: a weight switched off is
+            # 0 in the config, outside its range, and was never a parameter of that trial.
+            params = {k: record.config[k] for k, d in self.distributions.items()
+                      if k in record.config and in_range(d, record.config[k])}
             try:
                 trials.append(optuna.trial.create_trial(
                     params=params, distributions={k: self.distributions[k] for k in params},
@@ -346,7 +555,14 @@ def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> 
                               "objective from; pass metric=")
         metric = plan.metric
     mode = plan.mode if plan is not None and metric == plan.metric else direction(metric)
-    return Experiment(where, plan, records, statuses, metric, mode)
+    confirm_records: list[TrialRecord] = []
+    confirm = join(where, CONFIRM_DIR)
+    fs, inner = filesystem(confirm)
+    import pyarrow.fs
+
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.Directory:
+        confirm_records = _read_experiment(confirm, allow_empty=True)[0]
+    return Experiment(where, plan, records, statuses, metric, mode, confirm_records)
 
 
 def asha_milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
@@ -533,10 +749,12 @@ def _full_length(trials: list[TrialRecord]) -> int:
 
 
 def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
-                 max_epochs: int | None = None) -> pd.DataFrame:
-    """One row per trial: best `metric` (over its epochs), the epoch it came at, epochs run, whether
-    it was stopped early, Tune's status, its metrics at that epoch (``metric/...``) and config
-    (``config/...``).
+                 max_epochs: int | None = None, patience: int = 0) -> pd.DataFrame:
+    """One row per trial: its anchor label ("" for TPE's), best `metric` (over its epochs), the
+    epoch it came at, epochs run, whether it was stopped early and by what (``"patience"``: its
+    objective had not beaten its own best for `patience` epochs; ``"asha"``), Tune's status, its
+    metrics at that epoch (``metric/...``) and config (``config/...``); a confirmation run also
+    says which trial it repeats (``confirms``).
 
     Sorted best first; trials with no reported epoch come last. A trial still running (or left
     unfinished by an interrupt) is not "stopped early": its later epochs may yet come.
@@ -554,9 +772,12 @@ def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
         best = (min if mode == "min" else max)(values, key=lambda r: r[metric]) if values else {}
         stopped = 0 < t.epochs_run < full and not t.error and not t.unfinished
         row: dict[str, Any] = {
-            "trial_id": t.trial_id, "value": best.get(metric), "best_epoch": best.get("epoch"),
-            "epochs_run": t.epochs_run, "stopped_early": stopped, "error": t.error,
+            "trial_id": t.trial_id, "anchor": t.anchor, "value": best.get(metric),
+            "best_epoch": best.get("epoch"), "epochs_run": t.epochs_run, "stopped_early": stopped,
+            "stopped_by": _stopped_by(t, patience) if stopped else "", "error": t.error,
             "status": t.status, "path": t.path, "checkpoint": t.latest_checkpoint()}
+        if "confirms" in t.config:
+            row["confirms"] = t.config["confirms"]
         row.update({f"metric/{k}": v for k, v in best.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         row.update({f"config/{k}": v for k, v in t.config.items()})
@@ -567,10 +788,34 @@ def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
                              ignore_index=True)
 
 
-def epochs_saved(experiment: str | list[TrialRecord]) -> dict[str, int]:
-    """Epochs the search ran against epochs if every trial had run to the end."""
+def _stopped_by(trial: TrialRecord, patience: int) -> str:
+    """Why a trial that ended early ended: its own patience ran out, or ASHA stopped it."""
+    last = trial.history[-1] if trial.history else {}
+    since = last.get("epochs_since_best")
+    return "patience" if patience and since is not None and since >= patience else "asha"
+
+
+def _best_row(history: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    values = [r for r in history if isinstance(r.get(metric), (int, float))]
+    return (min if mode == "min" else max)(values, key=lambda r: r[metric]) if values else {}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def epochs_saved(experiment: str | list[TrialRecord], patience: int = 0) -> dict[str, int]:
+    """Epochs the search ran against epochs if every trial had run to the end, and how many of
+    the epochs saved each stopping rule saved (``saved_by_patience``, ``saved_by_asha``)."""
     trials = _trials(experiment)
     run = sum(t.epochs_run for t in trials)
     full = sum(int(t.config.get("epochs", t.epochs_run)) for t in trials)
+    by = {"patience": 0, "asha": 0}
+    for t in trials:
+        left = int(t.config.get("epochs", t.epochs_run)) - t.epochs_run
+        if left > 0 and t.epochs_run and not t.error and not t.unfinished:
+            by[_stopped_by(t, patience)] += left
     return {"trials": len(trials), "epochs_run": run, "epochs_full": full,
-            "epochs_saved": full - run}
+            "epochs_saved": full - run, "saved_by_patience": by["patience"],
+            "saved_by_asha": by["asha"]}

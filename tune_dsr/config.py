@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "direction",
     "score",
+    "switch_key",
 ]
 
 
@@ -43,6 +44,9 @@ METRICS: dict[str, str] = {
     "val_margin_gain": "max",  # val_margin minus bicubic's
     "val_rank1_full": "max",  # rank-1 on a gallery of validation and training subjects
     "val_rank1_full_gain": "max",
+    # mean over probes of sigmoid(margin / 0.05): rank-1 made smooth (tune_dsr.gallery)
+    "val_soft_rank1": "max",
+    "val_soft_rank1_gain": "max",
     "val_rank1": "max",  # rank-1 on the validation subjects alone (the guide's gallery)
     "val_accuracy": "max",  # the guide's: right and similarity >= recognition_threshold
     "val_unknown_rate": "min",
@@ -76,6 +80,20 @@ def direction(metric: str) -> str:
 # loss-led search chose a DSR that identified fewer (docs/background.md, "Defects"): image
 # quality must not be able to buy back a lost identity, so recognition weighs heavily.
 SCORE_MARGIN_WEIGHT = 100.0
+
+# The loss weights a search may switch off: each can come with a switch ``<weight>_on`` (true or
+# false), which a search space draws before the weight itself so that TPE models "off" as a
+# region (search_spaces.optional_weight). A config carries the switch only as bookkeeping: the
+# weight is what trains, and the two must agree.
+SWITCHABLE = ("lambda_perceptual", "lambda_identity", "lambda_feature_match", "lambda_tv")
+
+
+def switch_key(weight: str) -> str:
+    """The search's on/off switch of a loss weight (``lambda_identity_on``)."""
+    return f"{weight}_on"
+
+
+_SWITCHES = {switch_key(weight): weight for weight in SWITCHABLE}
 
 # VGG19 layers the perceptual loss can compare, in network order.
 PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4")
@@ -271,8 +289,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    # Keys a JSON file may carry that are not settings (written by export for provenance).
-    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset({"provenance", "metrics", "$schema"})
+    # Keys a JSON file or a Tune trial may carry that are not settings: export's provenance,
+    # and a search trial's labels (which anchor it is, which trial a confirmation run repeats).
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"provenance", "metrics", "$schema", "anchor", "confirms", "confirm_run"})
 
     @classmethod
     def flat_keys(cls) -> dict[str, str]:
@@ -291,8 +311,12 @@ class Config:
         base = base or cls()
         flat_sections = cls.flat_keys()
         updates: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        switches: dict[str, bool] = {}
         for key, value in raw.items():
             if key in cls.IGNORED_KEYS:
+                continue
+            if key in _SWITCHES:
+                switches[key] = _coerce(key, value, bool)
                 continue
             if key in _SECTIONS:
                 if not isinstance(value, dict):
@@ -311,7 +335,13 @@ class Config:
             types_ = _field_types(sub)
             values = {k: _coerce(k, v, types_[k]) for k, v in updates[name].items()}
             sections[name] = dataclasses.replace(getattr(base, name), **values)
-        return cls(**sections)
+        config = cls(**sections)
+        for key, on in switches.items():
+            weight = getattr(config.loss, _SWITCHES[key])
+            _check(on == (weight > 0), key, on,
+                   f"it says the term is {'on' if on else 'off'} but {_SWITCHES[key]}={weight}; "
+                   "a switched-off term has weight 0 and a switched-on one a positive weight")
+        return config
 
     @classmethod
     def from_json(cls, path: str | Path, base: Config | None = None) -> Config:

@@ -22,7 +22,7 @@ TRAIN: dict[str, Any] = {**RANDOM_NETWORKS, "vlr_size": 16, "width": 32, "depth"
 # `search --demo`: a tiny DSR held fixed (pinned, not searched) and a short search.
 SEARCH_PINS: dict[str, Any] = {"width": 24, "depth": 2, "batch_size": 8}
 SEARCH_BUDGET: dict[str, Any] = {"num_samples": 6, "max_epochs": 4, "grace_period": 1,
-                                 "reduction_factor": 2}
+                                 "reduction_factor": 2, "patience": 2}
 
 # The tests' smallest real run: a one-block DSR of width 8, two epochs.
 TINY: dict[str, Any] = {**RANDOM_NETWORKS, "vlr_size": 16, "width": 8, "depth": 1,

@@ -588,10 +588,11 @@ def _probe_rows(data: PairedFaces, method: str, recogniser: str, protocol: str,
                 found: Any, names: Sequence[str], outputs: _ProbeOutputs) -> list[dict[str, Any]]:
     psnr, ssim = outputs.psnr[method], outputs.ssim[method]
     predicted, best = found.predicted.tolist(), found.best.tolist()
-    correct, rank = found.correct.tolist(), found.rank.tolist()
+    correct, rank, margin = found.correct.tolist(), found.rank.tolist(), found.margin.tolist()
     return [{"probe": data.names[i], "subject": data.subjects[i], "method": method,
              "recogniser": recogniser, "protocol": protocol, "predicted": names[predicted[i]],
              "similarity": round(best[i], 6), "correct": int(correct[i]), "rank": rank[i],
+             "margin": round(margin[i], 6),
              "psnr": "" if psnr is None else round(float(psnr[i]), 4),
              "ssim": "" if ssim is None else round(float(ssim[i]), 5)}
             for i in range(len(data))]
@@ -705,7 +706,7 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["probe", "subject", "method", "recogniser", "protocol", "predicted",
-              "similarity", "correct", "rank", "psnr", "ssim"]
+              "similarity", "correct", "rank", "margin", "psnr", "ssim"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

@@ -8,7 +8,9 @@ holds:
 - ``search_plan.json``: the `SearchPlan`, everything needed to resume or reproduce the search;
 - ``optuna_study.db``: the Optuna study (SQLite; for a URI experiment it stays on the driver,
   under ``~/tune_dsr_studies/<name>/``, since SQLite needs a local file);
-- ``best_config.json``: the best trial as a complete training config (`tune_dsr.export`).
+- ``best_config.json``: the best trial as a complete training config (`tune_dsr.export`);
+- ``confirm/``: the confirmation runs (``--confirm``), a Tune experiment of its own whose trials
+  repeat the search's best configurations with new seeds.
 
 Only the standard library is imported at module level: the CLIs use this before torch or Ray.
 """
@@ -24,6 +26,7 @@ from tune_dsr.errors import ConfigError
 
 __all__ = [
     "BEST_FILE",
+    "CONFIRM_DIR",
     "PLAN_FILE",
     "STUDY_FILE",
     "SUPPORTED_SCHEMES",
@@ -46,6 +49,7 @@ PLAN_FILE = "search_plan.json"
 TRIAL_PREFIX = "trial_"  # trial folders are trial_<trial id>
 STUDY_FILE = "optuna_study.db"
 BEST_FILE = "best_config.json"
+CONFIRM_DIR = "confirm"  # the confirmation runs: a Tune experiment inside the search's folder
 SUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
 
 
@@ -151,6 +155,15 @@ class SearchPlan:
     max_failures: int
     checkpoint_every: int
     address: str | None = None
+    # A trial ends when its objective has not beaten its own best for this many epochs (0: off;
+    # plans written before patience existed).
+    patience: int = 0
+    # The top `confirm` configurations are trained again `confirm_runs` times each, with new
+    # seeds, at the full budget (under CONFIRM_DIR); export takes the best mean.
+    confirm: int = 0
+    confirm_runs: int = 2
+    # label -> the searched values of each anchor, run before TPE proposes anything
+    anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # room for later keys, unread today
 
     @property

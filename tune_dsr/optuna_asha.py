@@ -7,8 +7,9 @@
   by their intermediate values).
 - `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
   this callback's state is saved with the experiment and puts the rungs back.
-- `pin_space`: a preset's define-by-run space with some knobs held fixed.
 - `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
+- `FixedConfigs`: a searcher that runs a given list of configurations (the confirmation runs),
+  resumable with the experiment.
 
 The first two reach into private attributes of Ray and Optuna (versions tested: see the bounds in
 pyproject.toml). `check_private_api` looks for each of them before a search starts, so a release
@@ -16,6 +17,7 @@ that renamed one fails at once with a message that says so, not halfway through 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -26,6 +28,7 @@ import ray
 from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_dsr.errors import ConfigError
@@ -128,6 +131,42 @@ class AshaStateCallback(Callback):
                     [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
 
 
+class FixedConfigs(Searcher):
+    """Suggests each of `configs` once, in order, then reports the search finished.
+
+    Its state (the list and how far it got) is saved with the experiment as JSON, so a resumed
+    experiment neither repeats nor skips a configuration.
+    """
+
+    def __init__(self, configs: list[dict[str, Any]], metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.configs = [dict(config) for config in configs]
+        self.given = 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
+                              **spec: Any) -> bool:
+        return True  # the configurations are complete; Tune's param_space adds nothing
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel
+        self.given += 1
+        return dict(self.configs[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        return None
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"configs": self.configs, "given": self.given}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.configs, self.given = state["configs"], int(state["given"])
+
+
 class PrivateApiChanged(RuntimeError):
     """Ray or Optuna no longer has a private attribute this module relies on."""
 
@@ -165,39 +204,6 @@ def check_private_api() -> None:
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Ray's default spells out every parameter)."""
     return trial_folder(trial.trial_id)
-
-
-def pin_space(space: Any, pins: dict[str, Any]) -> Any:
-    """The preset's define-by-run space with `pins` held fixed (not suggested, not searched)."""
-    if not pins:
-        return space
-    return _PinnedSpace(space, dict(pins))
-
-
-class _PinnedSpace:
-    """Picklable wrapper: suggest_* of a pinned key returns the pin without asking Optuna."""
-
-    def __init__(self, space: Any, pins: dict[str, Any]) -> None:
-        self.space, self.pins = space, pins
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        constants = self.space(_PinnedTrial(trial, self.pins)) or {}
-        return {**constants, **self.pins}
-
-
-class _PinnedTrial:
-    def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
-        self._trial, self._pins = trial, pins
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._trial, name)
-        if not name.startswith("suggest_"):
-            return attr
-
-        def suggest(key: str, *args: Any, **kwargs: Any) -> Any:
-            return self._pins[key] if key in self._pins else attr(key, *args, **kwargs)
-        return suggest
-
 
 
 @ray.remote(num_cpus=0)

@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction-factor", type=float,
                    help="ASHA keeps 1/reduction_factor of the trials at each rung (default 3; "
                         "with --demo 2)")
+    p.add_argument("--patience", type=int,
+                   help="end a trial whose objective has not beaten its own best for this many "
+                        "epochs (default: the preset's, else the grace period)")
+    p.add_argument("--confirm", type=int,
+                   help="after the search, train the top K configurations again with new "
+                        "seeds at the full budget; export takes the best mean (default 3, "
+                        "at most --num-samples; 0 with --demo)")
+    p.add_argument("--confirm-runs", type=int, default=2,
+                   help="new runs of each confirmed configuration (default 2)")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials running at once (default 0: as many as resources allow)")
     p.add_argument("--time-budget", type=float,
@@ -91,13 +100,21 @@ def options_from_args(args: argparse.Namespace) -> Any:
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         storage_path=args.storage_path, name=args.name, seed=args.seed,
         max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
-        address=args.address, demo=args.demo)
+        address=args.address, demo=args.demo, patience=args.patience, confirm=args.confirm,
+        confirm_runs=args.confirm_runs)
 
 
 def print_best(document: dict[str, Any], plan: SearchPlan) -> None:
     prov = document["provenance"]
-    print(f"\nBest trial {prov['trial_id']} by {prov['mode']} {prov['metric']} = "
+    label = f" ({prov['anchor']} anchor)" if prov.get("anchor") else ""
+    print(f"\nBest trial {prov['trial_id']}{label} by {prov['mode']} {prov['metric']} = "
           f"{prov['value']:.4f} at epoch {prov['best_epoch']} ({prov['epochs_run']} epochs run)")
+    confirmed = prov.get("confirmed")
+    if confirmed:
+        interval = (f" [{confirmed['low']:.4f}, {confirmed['high']:.4f}]"
+                    if confirmed["low"] is not None else "")
+        print(f"  confirmed: mean {confirmed['mean']:.4f}{interval} over {confirmed['runs']} new "
+              f"run(s): {', '.join(f'{v:.4f}' for v in confirmed['values'])}")
     print(f"  searched values: {json.dumps(prov['searched'], sort_keys=True)}")
     metrics = document["metrics"]
     nan = float("nan")
@@ -108,8 +125,12 @@ def print_best(document: dict[str, Any], plan: SearchPlan) -> None:
           f"the gallery {metrics.get('val_rank1_full', nan):.1%} (gain over bicubic "
           f"{metrics.get('val_rank1_full_gain', nan):+.1%})")
     print(f"  checkpoint: {prov.get('checkpoint')}")
-    print(f"  trials: {prov['trials']} ({prov['trials_pruned']} stopped early by ASHA); epochs "
-          f"run {prov['epochs_total']} of {prov['epochs_full']} if all ran to the end")
+    print(f"  trials: {prov['trials']} ({prov['trials_pruned']} stopped early); epochs run "
+          f"{prov['epochs_total']} of {prov['epochs_full']} if all ran to the end (saved: "
+          f"{prov['epochs_saved_by_asha']} by ASHA, {prov['epochs_saved_by_patience']} by the "
+          f"patience of {plan.patience}); confirmation runs: {prov['confirm_epochs']} epochs")
+    if "verdict" in prov:
+        print("\n" + prov["verdict"])
     best = join(plan.experiment_path, BEST_FILE)
     print(f"Best config: {best}\nFinal run: python -m tune_dsr.train --config {best} "
           "--out final_run")

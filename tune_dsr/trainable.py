@@ -66,18 +66,22 @@ def trial_output_dir(experiment_path: str | None) -> Path:
 
 def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
               objective: str = "val_margin", checkpoint_every: int = 1,
-              experiment_path: str | None = None) -> None:
+              experiment_path: str | None = None, patience: int = 0) -> None:
     """Function trainable: `config` is a flat Tune config (settings plus the trial's values).
 
     `objective` is the search's metric, reported as ``objective`` too; a checkpoint is saved
-    every `checkpoint_every` epochs and at the last; `experiment_path` is the experiment folder.
+    every `checkpoint_every` epochs and at the last; `experiment_path` is the experiment folder;
+    a trial whose objective has not beaten its own best for `patience` epochs ends (0: only
+    ASHA stops trials).
     """
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch's own pool must agree with it.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    # ASHA decides when a trial stops, not the trainer's patience; the trial's best.pt and
-    # picture grid are those of the epoch the search's objective likes best.
-    run_config = Config.from_dict(config).replace(early_stop_patience=0, monitor=objective)
+    # ASHA compares trials with each other; the search's patience ends a trial that has stopped
+    # beating its own best (the trainer's early stopping on the objective). The trial's best.pt
+    # and picture grid are those of the epoch the search's objective likes best.
+    run_config = Config.from_dict(config).replace(early_stop_patience=patience,
+                                                  monitor=objective)
     identity_net, vgg = _loss_networks(run_config.train.edgeface,
                                        run_config.train.perceptual_weights)
     trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
@@ -92,10 +96,10 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
 
 def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float, gpus: float,
                    objective: str, checkpoint_every: int = 1, experiment_path: str | None = None,
-                   function: Callable[..., None] = train_dsr) -> Any:
+                   patience: int = 0, function: Callable[..., None] = train_dsr) -> Any:
     """`function` (`train_dsr`) with the dataset in the object store and per-trial resources."""
     with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set,
                                      objective=objective, checkpoint_every=checkpoint_every,
-                                     experiment_path=experiment_path)
+                                     experiment_path=experiment_path, patience=patience)
     resources = {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
     return tune.with_resources(with_data, resources)

@@ -170,6 +170,9 @@ class Trainer:
                        "epoch_seconds": time.perf_counter() - started}
             improved = self._track_best(metrics)
             metrics["best_" + self.monitor] = float(self.best_value)  # type: ignore[arg-type]
+            # How long `monitor` has gone without a new best: the patience count, so a search can
+            # tell a trial that ended by patience from one that ASHA stopped.
+            metrics["epochs_since_best"] = float(self.bad_epochs)
             self.history.append(metrics)
             self._write_outputs(metrics, improved)
             for callback in self.callbacks:

@@ -5,10 +5,13 @@
     document = run_search(plan)          # the best trial as a training config (+ provenance)
     document = run_search(resume_plan("tune_results", plan.name), resume=True)
 
-Optuna (seeded TPE, constant liar) proposes each configuration from a preset's space, ASHA stops
-the poor trials early, and the best configuration is written as ``best_config.json`` for one
-final run. Everything that can be wrong with the input is checked by `plan_search` and at the
-start of `run_search`, before the first trial. Nothing here mutates what it is given.
+The preset's anchors run first (the guide's values, and the pixel-only ablation); then Optuna
+(seeded TPE, constant liar) proposes each configuration from the preset's space. ASHA stops the
+trials that fall behind the others, the patience stops a trial that no longer beats its own best.
+Then the top configurations are trained again with new seeds at the full budget (``confirm``),
+and the best by their mean is written as ``best_config.json`` for one final run. Everything that
+can be wrong with the input is checked by `plan_search` and at the start of `run_search`, before
+the first trial. Nothing here mutates what it is given.
 ``python -m tune_dsr.search`` is the command line over this module.
 """
 
@@ -27,6 +30,7 @@ from tune_dsr.config import Config, direction
 from tune_dsr.errors import ConfigError
 from tune_dsr.experiment import (
     BEST_FILE,
+    CONFIRM_DIR,
     PLAN_FILE,
     SearchPlan,
     exists,
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUDGET: dict[str, Any] = {"num_samples": 20, "reduction_factor": 3}
+# Configurations confirmed after a search (0 with --demo), and new runs of each.
+DEFAULT_CONFIRM = 3
+DEFAULT_CONFIRM_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class SearchOptions:
     checkpoint_every: int = 1
     address: str | None = None
     demo: bool = False
+    patience: int | None = None
+    confirm: int | None = None
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,20 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     grace = options.grace_period or min(preset.grace_period, max_epochs)
     if grace > max_epochs:
         raise ConfigError(f"--grace-period={grace} exceeds --max-epochs={max_epochs}")
+    patience = options.patience if options.patience is not None else (preset.patience or grace)
+    if patience < 1:
+        raise ConfigError(f"--patience={patience} must be at least 1: the epochs a trial may go "
+                          "without beating its own best objective before it ends (give "
+                          f"--patience {max_epochs} to leave stopping to ASHA alone)")
+    num_samples = int(options.num_samples or 0)
+    confirm = (options.confirm if options.confirm is not None
+               else 0 if options.demo else min(DEFAULT_CONFIRM, num_samples))
+    if confirm < 0 or confirm > num_samples:
+        raise ConfigError(f"--confirm={confirm}: confirm between 0 and the {num_samples} trials "
+                          "the search runs (--num-samples); lower --confirm or raise "
+                          "--num-samples")
+    if options.confirm_runs < 1:
+        raise ConfigError(f"--confirm-runs={options.confirm_runs} must be at least 1")
 
     storage = resolve_storage(options.storage_path)
     name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -182,15 +206,20 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         base["vlr_size"] = options.vlr_size
     base.update(pins)
     Config().replace(**base)  # every setting checked now, not in a trial
+    anchors = preset.anchor_points(pins)
+    if num_samples < len(anchors):
+        logger.warning("%d trials run only the first %d of the anchors %s", num_samples,
+                       num_samples, ", ".join(anchors))
     return SearchPlan(
         space=space_ref, metric=preset.metric, mode=preset.mode, base=base, pins=pins,
-        storage_path=storage, name=name, num_samples=int(options.num_samples or 0),
+        storage_path=storage, name=name, num_samples=num_samples,
         max_epochs=max_epochs, grace_period=grace,
         reduction_factor=float(options.reduction_factor), gpus=options.gpus,
         gpus_per_trial=gpus_per_trial, cpus_per_trial=options.cpus_per_trial,
         max_concurrent=options.max_concurrent, time_budget=options.time_budget,
         seed=options.seed, max_failures=options.max_failures,
-        checkpoint_every=options.checkpoint_every, address=options.address)
+        checkpoint_every=options.checkpoint_every, address=options.address, patience=patience,
+        confirm=confirm, confirm_runs=options.confirm_runs, anchors=anchors)
 
 
 def resume_plan(storage_path: str, name: str, address: str | None = None) -> SearchPlan:
@@ -255,23 +284,17 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search_spaces import load_preset
+    from search_spaces import SearchSpace, load_preset
     from tune_dsr.optuna_asha import (
         AshaStateCallback,
         PruneAwareOptunaSearch,
         check_private_api,
         make_sampler,
-        pin_space,
         trial_dirname,
     )
-    from tune_dsr.trainable import make_trainable, train_dsr
 
     check_private_api()
-    trainable = make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
-                               gpus=plan.gpus_per_trial, objective=plan.metric,
-                               checkpoint_every=plan.checkpoint_every,
-                               experiment_path=plan.experiment_path,
-                               function=function or train_dsr)
+    trainable = _trainable(plan, data, plan.experiment_path, function)
     if resume:
         # The searcher (with its Optuna study), ASHA's rungs (AshaStateCallback) and the trials
         # come back from the experiment; the trainable must be given again.
@@ -279,11 +302,13 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
                                   resume_unfinished=True, resume_errored=True)
 
     preset = load_preset(plan.space)
-    first = {k: v for k, v in preset.first_config().items() if k not in plan.pins}
+    # The anchors run first, each labelled (``anchor`` in its config); then TPE.
+    anchors = plan.anchors or preset.anchor_points(plan.pins)
     plan.study_path.parent.mkdir(parents=True, exist_ok=True)
     searcher = PruneAwareOptunaSearch(
-        space=pin_space(preset.space, plan.pins), metric=plan.metric, mode=plan.mode,
-        points_to_evaluate=[first], sampler=make_sampler(plan.seed, plan.num_samples),
+        space=SearchSpace(preset.space, plan.pins, anchors), metric=plan.metric, mode=plan.mode,
+        points_to_evaluate=list(anchors.values()),
+        sampler=make_sampler(plan.seed, plan.num_samples),
         study_name=plan.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_path}"),
         max_epochs=plan.max_epochs)
@@ -297,7 +322,8 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     reporter = tune.CLIReporter(
         metric_columns=list(dict.fromkeys(["epoch", plan.metric, "val_psnr",
                                            "val_rank1_full_gain"])),
-        parameter_columns=[k for k in preset.distributions() if k not in plan.pins][:8],
+        parameter_columns=["anchor", *[k for k in preset.distributions()
+                                       if k not in plan.pins]][:8],
         max_report_frequency=15)
     return tune.Tuner(
         trainable,
@@ -316,6 +342,73 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
             # On a URI, what a trial writes (best.pt, best.png) is uploaded with it.
             sync_config=tune.SyncConfig(sync_artifacts=is_uri(plan.storage_path)),
             callbacks=[AshaStateCallback(scheduler)], progress_reporter=reporter, verbose=1))
+
+
+def _trainable(plan: SearchPlan, data: SearchData, experiment_path: str,
+               function: Callable[..., None] | None) -> Any:
+    from tune_dsr.trainable import make_trainable, train_dsr
+
+    return make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
+                          gpus=plan.gpus_per_trial, objective=plan.metric,
+                          checkpoint_every=plan.checkpoint_every,
+                          experiment_path=experiment_path, patience=plan.patience,
+                          function=function or train_dsr)
+
+
+def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
+    """The confirmation runs: the search's top `plan.confirm` trials' configs, each
+    `plan.confirm_runs` times with new seeds (the same seeds for every configuration, so they
+    are compared on equal terms), labelled with the trial they repeat."""
+    from tune_dsr.analysis import load_experiment
+
+    experiment = load_experiment(plan.experiment_path)
+    top = experiment.top(plan.confirm)
+    if len(top) < plan.confirm:
+        logger.warning("--confirm %d: only %d trial(s) finished with a %s value; confirming "
+                       "those", plan.confirm, len(top), plan.metric)
+    configs = []
+    for trial_id in top["trial_id"]:
+        config = experiment.trial(trial_id).config
+        for run in range(1, plan.confirm_runs + 1):
+            configs.append({**config, "seed": plan.seed + run, "confirms": trial_id,
+                            "confirm_run": run})
+    return configs
+
+
+def build_confirmation(plan: SearchPlan, data: SearchData, resume: bool = False,
+                       function: Callable[..., None] | None = None) -> Any:
+    """The Tuner of the confirmation runs, in ``<experiment>/confirm``: every run at the full
+    budget (no ASHA; the patience still ends a run that stopped improving). Resumed where a
+    killed search left it."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tune_dsr.optuna_asha import FixedConfigs, trial_dirname
+
+    path = join(plan.experiment_path, CONFIRM_DIR)
+    trainable = _trainable(plan, data, path, function)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    configs = confirmation_configs(plan)
+    searcher = FixedConfigs(configs, plan.metric, plan.mode)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=plan.metric, mode=plan.mode, num_samples=len(configs),
+            search_alg=(ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+                        if plan.max_concurrent else searcher),
+            trial_dirname_creator=trial_dirname, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=CONFIRM_DIR, storage_path=plan.experiment_path,
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            sync_config=tune.SyncConfig(sync_artifacts=is_uri(plan.storage_path)),
+            progress_reporter=tune.CLIReporter(
+                metric_columns=["epoch", plan.metric, "val_psnr"],
+                parameter_columns=["confirms", "confirm_run", "anchor", "seed"],
+                max_report_frequency=15),
+            verbose=1))
 
 
 def run_search(plan: SearchPlan, resume: bool = False,
@@ -353,9 +446,15 @@ def run_search(plan: SearchPlan, resume: bool = False,
     if len(errors) == len(results):
         raise RuntimeError("every trial failed; rerun with --debug and look at the trial logs "
                            f"under {plan.experiment_path}")
+    # Tune catches Ctrl-C, saves the experiment and returns as if done: tell the two apart.
+    unfinished = unfinished_trials(plan.experiment_path)
+    if plan.confirm and not unfinished:
+        logger.info("Confirming the top %d configurations, %d new runs each", plan.confirm,
+                    plan.confirm_runs)
+        build_confirmation(plan, data, resume=resume, function=function).fit()
+        unfinished = unfinished_trials(join(plan.experiment_path, CONFIRM_DIR))
     document = best_config_document(plan.experiment_path)
     write_json(join(plan.experiment_path, BEST_FILE), document)
     document["provenance"]["search_seconds"] = round(time.perf_counter() - started, 1)
-    # Tune catches Ctrl-C, saves the experiment and returns as if done: tell the two apart.
-    document["provenance"]["unfinished"] = unfinished_trials(plan.experiment_path)
+    document["provenance"]["unfinished"] = unfinished
     return document

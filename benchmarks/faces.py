@@ -1,0 +1,263 @@
+"""Part "faces": the user's whole workflow on a real face set, against doing nothing and against
+the pixel-only DSR trained alone.
+
+``python -m benchmarks.run --only faces --data DIR --edgeface FILE`` (DIR in tune_dsr's layout,
+with ``train_processed/``, ``val_processed/`` and ``test_processed/``; FILE the EdgeFace the DSR
+trains against). One run:
+
+1. search: ``recognition_first`` on the training and validation subjects, with the anchors, ASHA,
+   the patience and ``--confirm`` as a user gets them (budget below);
+2. export: the winner (the best confirmed mean) as a training config, with the verdict;
+3. the final run: ``python -m tune_dsr.train --config best.json`` at the same epoch budget;
+4. the pixel-only reference: the same network trained alone with the identity and
+   feature-matching terms off (the guide's other values), the same budget and monitor;
+5. ``evaluate`` on the test subjects (never seen by any of it): bicubic, the search's DSR and
+   the pixel-only DSR, rank-1 and margin on the wide gallery (test subjects plus the training and
+   validation subjects as distractors), with paired bootstrap intervals.
+
+CPU pins, so that a search fits in about half an hour on two cores: width 48, depth 6 (the
+guide's 112 x 16 is 20x the compute), batch 16, the bicubic skip on (from scratch a short run
+stays below bicubic, issue "real faces"), λ_perceptual 0 (VGG19's ImageNet weights cannot be
+downloaded here, and a random VGG is no perceptual loss). Everything else is searched.
+
+A small set gives wide intervals: on 30 test probes one probe is 3.3 points of rank-1. The
+numbers and what they mean are in docs/results.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Context, PartResult, Ratio, fmt
+
+SPACE = "recognition_first"
+PINS: dict[str, Any] = {"width": 48, "depth": 6, "batch_size": 16, "bicubic_residual": True,
+                        "lambda_perceptual": 0.0}
+PERCEPTUAL = "random"  # never used: λ_perceptual is pinned to 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The search's size; the final run and the reference train `max_epochs` too."""
+
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    confirm: int
+    confirm_runs: int
+
+
+FULL = Budget(num_samples=12, max_epochs=16, grace_period=4, reduction_factor=2, confirm=2,
+              confirm_runs=2)
+QUICK = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
+               confirm_runs=1)
+
+
+def check_inputs(data: Path | None, edgeface: str | None) -> tuple[Path, str]:
+    """The data folder and EdgeFace file, or a ConfigError that says what is missing."""
+    from tune_dsr.errors import ConfigError
+
+    if data is None or edgeface is None:
+        raise ConfigError("the faces part needs --data DIR (tune_dsr's layout: train_processed/, "
+                          "val_processed/, test_processed/) and --edgeface FILE (the EdgeFace "
+                          "checkpoint the DSR trains against)")
+    data = data.expanduser().resolve()
+    missing = [name for name in ("train_processed", "val_processed", "test_processed")
+               if not (data / name / "hr_images").is_dir()]
+    if missing:
+        raise ConfigError(f"--data {data}: {', '.join(missing)} (each with hr_images/ and "
+                          "vlr_images*/) missing; give a folder in tune_dsr's layout, e.g. one "
+                          "written by python -m tune_dsr.synth")
+    if not edgeface.startswith("random:"):
+        path = Path(edgeface).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--edgeface {edgeface}: no such file")
+        edgeface = str(path)
+    return data, edgeface
+
+
+def _train(config: Path, out: Path, log: Path) -> subprocess.Popen:
+    """``python -m tune_dsr.train`` as a user runs it, one thread, output to `log`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "tune_dsr.train", "--config", str(config),
+                                 "--out", str(out), "--no-progress"], stdout=f,
+                                stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(processes: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
+    for name, process in processes.items():
+        if process.wait() != 0:
+            raise RuntimeError(f"the {name} training failed; its output: "
+                               f"{logs[name].read_text()[-3000:]}")
+
+
+def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> dict[str, float]:
+    """Mean of a's per-probe `key` minus b's over the same probes, with a paired bootstrap 95 %
+    interval (tune_dsr.recognition)."""
+    import torch
+
+    from tune_dsr.recognition import paired_bootstrap
+
+    def values(method: str) -> torch.Tensor:
+        chosen = sorted((r["probe"], r) for r in rows if r["method"] == method)
+        return torch.tensor([float(r[key]) if key == "margin" else float(r["rank"] == 1)
+                             for _, r in chosen])
+
+    difference = paired_bootstrap(values(a), values(b), resamples=4000, seed=0)
+    return {"difference": difference.estimate, "low": difference.low, "high": difference.high}
+
+
+def run(ctx: Context) -> PartResult:
+    from tune_dsr import evaluate as ev
+    from tune_dsr.analysis import load_experiment
+    from tune_dsr.config import Config
+    from tune_dsr.experiment import write_json
+    from tune_dsr.export import best_config_document
+    from tune_dsr.tuning import SearchOptions, plan_search, run_search
+
+    data, edgeface = check_inputs(ctx.data, ctx.edgeface)
+    budget = QUICK if ctx.quick else FULL
+    result = PartResult("faces")
+    work = ctx.workdir / "faces"
+    work.mkdir(parents=True, exist_ok=True)
+    result.say(f"Data {data}; EdgeFace {edgeface}; preset {SPACE} with "
+               f"{', '.join(f'{k}={v}' for k, v in PINS.items())} held fixed; {budget}.")
+    started = time.perf_counter()
+
+    # 1. search (+ confirmation)
+    from benchmarks import raylocal
+
+    raylocal.ensure(warm=False)
+    plan = plan_search(SearchOptions(
+        space=SPACE, data_root=str(data), edgeface=edgeface, perceptual_weights=PERCEPTUAL,
+        pins=PINS, num_samples=budget.num_samples, max_epochs=budget.max_epochs,
+        grace_period=budget.grace_period, reduction_factor=budget.reduction_factor,
+        confirm=budget.confirm, confirm_runs=budget.confirm_runs, cpus_per_trial=1,
+        max_concurrent=2, storage_path=str(work / "tune"), name="faces", seed=ctx.seed))
+    with contextlib.redirect_stdout(io.StringIO()):  # Tune's progress tables
+        run_search(plan)
+    search_seconds = time.perf_counter() - started
+    raylocal.shutdown()
+
+    # 2. export, with the verdict
+    document = best_config_document(plan.experiment_path)
+    best_json = work / "best.json"
+    write_json(str(best_json), document)
+    prov = document["provenance"]
+    result.say()
+    result.say(prov["verdict"])
+
+    # 3 and 4: the final run and the pixel-only reference, side by side, the same budget
+    exported = Config.from_json(best_json)
+    # The pixel-only anchor: the guide's values with the identity terms off, the search's pins
+    # and budget, and the final run's monitor and patience.
+    pixel = Config().replace(**plan.base, lambda_identity=0.0, lambda_feature_match=0.0,
+                             monitor=exported.train.monitor,
+                             early_stop_patience=exported.train.early_stop_patience)
+    pixel_json = work / "pixel_only.json"
+    pixel.to_json(pixel_json)
+    trained = time.perf_counter()
+    logs = {"final": work / "final.log", "pixel-only": work / "pixel_only.log"}
+    _wait({"final": _train(best_json, work / "final", logs["final"]),
+           "pixel-only": _train(pixel_json, work / "pixel_only", logs["pixel-only"])}, logs)
+    train_seconds = time.perf_counter() - trained
+
+    # 5. evaluate on the test subjects
+    split = ev.resolve_split(data / "test_processed")
+    dsrs = ev.load_dsrs([work / "final" / "best.pt", work / "pixel_only" / "best.pt"], "cpu")
+    probes = ev.load_probe_set(split, dsrs)
+    distractors = [ev.GalleryFaces.scan(root, probes.hr_size)
+                   for root in ev.default_distractor_roots(split)]
+    recognisers = ev.load_recognisers([edgeface], "cpu")
+    names = {"search": dsrs[0].model, "pixel-only": dsrs[1].model}
+    report = ev.evaluate(probes, names, recognisers, distractors=distractors, per_probe=True,
+                         resamples=4000)
+    wide = next(b for b in report["results"] if b["protocol"] == "wide")
+    rows = [r for r in report["probes"] if r["protocol"] == "wide"]
+    total_seconds = time.perf_counter() - started
+
+    methods = ("bicubic", "pixel-only", "search")
+    result.say()
+    result.say(f"Test split: {len(probes)} probes of {len(probes.unique_subjects)} subjects; wide "
+               f"gallery {wide['gallery_subjects']} subjects; recogniser {edgeface}.")
+    result.table(["method", "rank-1 (wide)", "95 % interval", "margin", "PSNR dB"],
+                 [[m, f"{wide['methods'][m]['rank1']:.1%}",
+                   "[" + ", ".join(f"{v:.1%}" for v in wide["methods"][m]["rank1_ci"]) + "]",
+                   fmt(wide["methods"][m]["margin"], 4), fmt(wide["methods"][m]["psnr"], 2)]
+                  for m in methods])
+    pairs = {f"{a} - {b}": {key: _paired(rows, a, b, key) for key in ("rank1", "margin")}
+             for a, b in (("search", "bicubic"), ("search", "pixel-only"),
+                          ("pixel-only", "bicubic"))}
+    result.table(["paired difference", "rank-1 points [95 %]", "margin [95 %]"],
+                 [[name, f"{100 * d['rank1']['difference']:+.1f} "
+                         f"[{100 * d['rank1']['low']:+.1f}, {100 * d['rank1']['high']:+.1f}]",
+                   f"{d['margin']['difference']:+.4f} "
+                   f"[{d['margin']['low']:+.4f}, {d['margin']['high']:+.4f}]"]
+                  for name, d in pairs.items()])
+    exp = load_experiment(plan.experiment_path)
+    spent = prov["epochs_total"] + prov["confirm_epochs"]
+    budget_epochs = budget.num_samples * budget.max_epochs + (
+        budget.confirm * budget.confirm_runs * budget.max_epochs)
+    result.say(f"Epochs: search {prov['epochs_total']} of {prov['epochs_full']} (saved "
+               f"{prov['epochs_saved_by_asha']} by ASHA, {prov['epochs_saved_by_patience']} by "
+               f"the patience of {plan.patience}), confirmation {prov['confirm_epochs']}; "
+               f"wall: search {search_seconds:.0f} s, final + reference {train_seconds:.0f} s, "
+               f"all {total_seconds:.0f} s.")
+    result.say("Trials: " + "; ".join(
+        f"{row.trial_id}{' (' + row.anchor + ')' if row.anchor else ''} {row.value:.4f} at "
+        f"epoch {row.best_epoch} of {row.epochs_run}"
+        for row in exp.trials.dropna(subset=["value"]).itertuples()))
+    winner = {m: wide["methods"][m] for m in methods}
+    result.ratios += [
+        Ratio("faces rank-1 search vs bicubic", winner["search"]["rank1"],
+              winner["bicubic"]["rank1"], "rank-1 on the test subjects, wide gallery; "
+              + _points(pairs["search - bicubic"]["rank1"])),
+        Ratio("faces rank-1 search vs pixel-only", winner["search"]["rank1"],
+              winner["pixel-only"]["rank1"], "rank-1; "
+              + _points(pairs["search - pixel-only"]["rank1"])),
+        Ratio("faces margin search vs bicubic", winner["search"]["margin"],
+              winner["bicubic"]["margin"], "margin; "
+              + _signed(pairs["search - bicubic"]["margin"])),
+        Ratio("faces margin search vs pixel-only", winner["search"]["margin"],
+              winner["pixel-only"]["margin"], "margin; "
+              + _signed(pairs["search - pixel-only"]["margin"])),
+        Ratio("faces wall time: whole workflow vs one training", total_seconds,
+              train_seconds, "s (search, confirmation, final run, evaluation vs the reference "
+              "training run beside the final one)"),
+        Ratio("faces epochs spent vs budget", spent, budget_epochs,
+              f"epochs ({budget.num_samples} trials x {budget.max_epochs} + {budget.confirm} "
+              f"x {budget.confirm_runs} confirmation runs x {budget.max_epochs})"),
+    ]
+    result.data.update(budget=vars(budget), pins=PINS, provenance=prov, pairs=pairs,
+                       methods={m: {k: wide["methods"][m][k] for k in ("rank1", "rank1_ci",
+                                                                        "margin", "psnr")}
+                                for m in methods},
+                       seconds={"search": search_seconds, "train": train_seconds,
+                                "total": total_seconds},
+                       trials=json.loads(exp.trials.drop(columns=[
+                           c for c in exp.trials.columns if c.startswith("config/")]).to_json(
+                           orient="records")),
+                       confirmations=json.loads(exp.confirmations().to_json(orient="index")))
+    return result
+
+
+def _points(d: dict[str, float]) -> str:
+    return (f"{100 * d['difference']:+.1f} points [{100 * d['low']:+.1f}, "
+            f"{100 * d['high']:+.1f}] paired 95 %")
+
+
+def _signed(d: dict[str, float]) -> str:
+    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] paired 95 %"
