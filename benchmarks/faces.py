@@ -57,7 +57,7 @@ class Budget:
     confirm_runs: int
 
 
-FULL = Budget(num_samples=12, max_epochs=16, grace_period=4, reduction_factor=2, confirm=2,
+FULL = Budget(num_samples=16, max_epochs=24, grace_period=4, reduction_factor=2, confirm=3,
               confirm_runs=2)
 QUICK = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
                confirm_runs=1)
@@ -218,7 +218,8 @@ def run(ctx: Context) -> PartResult:
                f"all {total_seconds:.0f} s.")
     result.say("Trials: " + "; ".join(
         f"{row.trial_id}{' (' + row.anchor + ')' if row.anchor else ''} {row.value:.4f} at "
-        f"epoch {row.best_epoch} of {row.epochs_run}"
+        f"epoch {int(row.best_epoch)} of {row.epochs_run}"
+        + (f", stopped by {row.stopped_by}" if row.stopped_by else "")
         for row in exp.trials.dropna(subset=["value"]).itertuples()))
     winner = {m: wide["methods"][m] for m in methods}
     result.ratios += [

@@ -92,6 +92,13 @@ class Preset:
             found.update(_replay(self.space, {**self.guide, **settings}, f"anchor {label!r}")[1])
         return found
 
+    def searched(self, pins: dict[str, Any] | None = None
+                 ) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The distributions a search with `pins` asks Optuna for: the preset's, less the pins
+        and the switches of pinned weights (a pin answers its switch)."""
+        held = set(pins or {}) | {switch_key(k) for k in pins or {} if k in SWITCHABLE}
+        return {k: d for k, d in self.distributions().items() if k not in held}
+
     def constants(self) -> dict[str, Any]:
         """The fixed settings the space returns, every optional term on (a term drawn off
         returns its zero weight as a setting of that trial alone)."""

@@ -38,3 +38,22 @@ def test_quick_suite_runs_and_ends_with_ratio_lines() -> None:
     assert (any(name.startswith("gpu") for name in names)
             or "gpu: not measured (no CUDA)" in done.stdout)
     assert len(set(names)) == len(names), names
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], ["the faces part needs --data DIR", "--edgeface FILE"]),
+    (["--data", "{tmp}", "--edgeface", "{tmp}/edgeface.pt"],
+     ["train_processed, val_processed, test_processed", "missing"]),
+    (["--data", "{faces}", "--edgeface", "{tmp}/edgeface.pt"], ["edgeface.pt: no such file"]),
+])
+def test_the_faces_part_refuses_missing_data_before_anything_runs(extra, words, tmp_path,
+                                                                  synthetic_root) -> None:
+    """A real face set is the faces part's input: without one it says what to give, exit 2."""
+    argv = [a.format(tmp=tmp_path, faces=synthetic_root) for a in extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "faces", *argv],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    for word in words:
+        assert word in done.stderr
+    assert "## faces" not in done.stdout  # nothing ran

@@ -183,3 +183,11 @@ def test_bad_user_preset_is_refused(tmp_path, body, words):
         load_preset(str(path))
     for word in words:
         assert word in str(err.value)
+
+
+def test_searched_keys_leave_out_pins_and_their_switches():
+    """What a search with pins asks Optuna for (the progress table's columns, the analysis's
+    searched keys): a pinned weight's switch is answered by the pin, not searched."""
+    searched = load_preset("recognition_first").searched({"lambda_perceptual": 0.0, "width": 48})
+    assert "lambda_perceptual" not in searched and "lambda_perceptual_on" not in searched
+    assert "width" not in searched and {"lambda_identity_on", "lambda_identity"} <= set(searched)

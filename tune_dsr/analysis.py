@@ -263,7 +263,7 @@ class Experiment:
         if not space:
             from search_spaces import load_preset
 
-            space = load_preset(self.plan.space).distributions()
+            return load_preset(self.plan.space).searched(self.plan.pins)
         return {k: d for k, d in space.items() if k not in self.plan.pins}
 
     @property

@@ -322,8 +322,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     reporter = tune.CLIReporter(
         metric_columns=list(dict.fromkeys(["epoch", plan.metric, "val_psnr",
                                            "val_rank1_full_gain"])),
-        parameter_columns=["anchor", *[k for k in preset.distributions()
-                                       if k not in plan.pins]][:8],
+        parameter_columns=["anchor", *preset.searched(plan.pins)][:8],
         max_report_frequency=15)
     return tune.Tuner(
         trainable,
