@@ -15,6 +15,8 @@ one line per headline ratio, ``NAME: ×R (tune_dsr X vs baseline Y UNIT)`` with 
 - faces (only with ``--data DIR --edgeface FILE``, a real face set): the whole workflow, search
   -> export -> final run -> evaluate on the test subjects, against bicubic and the pixel-only
   DSR trained alone (about half an hour on two cores; `benchmarks.faces`, docs/results.md).
+- signals (with ``--data``/``--edgeface``; else a synthetic smoke run): which validation signal
+  predicts test recognition across DSR runs (`benchmarks.signals`, docs/results.md).
 
 --quick is a smoke run (tiny sizes, one repeat; its numbers mean nothing). The results and how
 to read them: docs/performance.md.
@@ -35,8 +37,9 @@ from pathlib import Path
 
 from benchmarks.common import Context, PartResult, load_average, machine_lines, setup_torch
 
-PARTS = ("step", "search", "overhead", "memory", "gpu", "faces")
-# Run when --only is not given; faces needs a real data set and runs only when asked for.
+PARTS = ("step", "search", "overhead", "memory", "gpu", "faces", "signals")
+# Run when --only is not given; faces and signals run only when asked for (about half an hour
+# each on a real face set).
 DEFAULT_PARTS = ("step", "search", "overhead", "memory", "gpu")
 
 
@@ -54,6 +57,9 @@ def _part(name: str) -> Callable[[Context], PartResult]:
     if name == "faces":
         from benchmarks import faces
         return faces.run
+    if name == "signals":
+        from benchmarks import signals
+        return signals.run
     from benchmarks import gpu
     return gpu.run
 
