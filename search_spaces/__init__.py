@@ -111,8 +111,16 @@ class Preset:
         if self.anchors is not None:
             return {label: dict(settings) for label, settings in self.anchors.items()}
         default: dict[str, dict[str, Any]] = {GUIDE_ANCHOR: {}}
-        if any(switch_key(key) in _all_keys(self.space) for key in PIXEL_ONLY_OFF):
-            default[PIXEL_ONLY] = {key: 0.0 for key in PIXEL_ONLY_OFF}
+        # Pixel-only switches off the identity terms the space searches; a space that cannot
+        # draw them at 0 (a range above 0, no optional_weight) gets no such anchor, and says so.
+        searched = _all_keys(self.space)
+        off = {key: 0.0 for key in PIXEL_ONLY_OFF if key in searched}
+        if off:
+            try:
+                _replay(self.space, {**self.guide, **off}, f"anchor {PIXEL_ONLY!r}")
+                default[PIXEL_ONLY] = off
+            except ConfigError as exc:
+                logger.warning("no pixel-only anchor for this preset: %s", exc)
         return default
 
     def anchor_points(self, pins: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
@@ -122,9 +130,17 @@ class Preset:
         pins = dict(pins or {})
         points: dict[str, dict[str, Any]] = {}
         for label, settings in self.anchor_settings().items():
+            # A pin that overrides what the anchor is about would run it under a false label.
+            overridden = sorted(k for k in settings if k in pins and pins[k] != settings[k])
+            if overridden:
+                logger.warning("anchor %r left out: the pins hold %s at %s", label,
+                               ", ".join(overridden),
+                               ", ".join(repr(pins[k]) for k in overridden))
+                continue
             params, _ = _replay(self.space, {**self.guide, **settings}, f"anchor {label!r}", pins)
             if params in points.values():
-                logger.info("anchor %r is the same point as another anchor; run once", label)
+                logger.warning("anchor %r is the same point as another anchor under these "
+                               "pins; it runs once", label)
                 continue
             points[label] = params
         return points
@@ -224,6 +240,9 @@ class SearchSpace:
     """A preset's space as a search runs it (picklable, for the experiment): `pins` are answered
     without asking Optuna (a pinned weight answers its switch too), and with `anchors` each trial
     says which anchor it is (``anchor`` in its config: the label, or "" for TPE's)."""
+
+    # Experiments pickled before anchors existed hold no such attribute.
+    anchors: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - read only
 
     def __init__(self, space: Callable[[Any], Any], pins: dict[str, Any],
                  anchors: dict[str, dict[str, Any]] | None = None) -> None:

@@ -360,6 +360,29 @@ def test_verdict_says_whether_the_winner_beats_bicubic_and_the_pixel_only_anchor
     assert "its gain over bicubic has an interval that includes 0" in verdict.text
 
 
+def test_verdict_with_unknown_figures_says_so(tmp_path: Path) -> None:
+    """An experiment from before the gains had intervals, and a pixel-only anchor that failed
+    before its first epoch: the verdict says what it does not know instead of guessing."""
+    old = {k: v for k, v in recognition(0.12, 0.03, 0.0).items() if not k.endswith("_ci")}
+    experiment = write_experiment(tmp_path, {"t": [old] * 2, "p": []}, max_epochs=4,
+                                  anchors={"p": "pixel-only"}, warmup=1)
+    verdict = load_experiment(experiment).verdict()
+    assert verdict.pixel_only is None and verdict.beats_pixel_only is None
+    assert not verdict.beats_bicubic
+    assert "val_margin_gain +0.0300 (interval unknown), rank-1 +10.0% (interval unknown)" in \
+        verdict.text
+    assert "the interval of its gain over bicubic is unknown" in verdict.text
+    assert "nan" not in verdict.text
+
+
+def test_t_interval_takes_the_wider_row_between_the_tables_rows() -> None:
+    values = [0.0, 1.0] * 6  # 12 runs: 11 degrees of freedom, between the rows 10 and 15
+    mean, low, high = t_interval(values)
+    sd = float(pd.Series(values).std())
+    half = 2.228 * sd / 12 ** 0.5  # df 10's quantile
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+
+
 def test_patience_stops_are_told_from_asha_stops(tmp_path: Path) -> None:
     """A trial whose last epoch had gone `patience` epochs without a new best ended by
     patience; the epochs each rule saved are counted apart."""

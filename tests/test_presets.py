@@ -1,3 +1,5 @@
+import logging
+
 import optuna
 import pytest
 
@@ -191,3 +193,28 @@ def test_searched_keys_leave_out_pins_and_their_switches():
     searched = load_preset("recognition_first").searched({"lambda_perceptual": 0.0, "width": 48})
     assert "lambda_perceptual" not in searched and "lambda_perceptual_on" not in searched
     assert "width" not in searched and {"lambda_identity_on", "lambda_identity"} <= set(searched)
+
+
+def test_a_pin_that_overrides_an_anchor_leaves_it_out(caplog):
+    """--set lambda_identity=0.3 would run 'pixel-only' with the identity term on: left out."""
+    preset = load_preset("recognition_first")
+    with caplog.at_level(logging.WARNING, logger="search_spaces"):
+        points = preset.anchor_points({"lambda_identity": 0.3})
+    assert list(points) == ["guide"]
+    assert "anchor 'pixel-only' left out: the pins hold lambda_identity at 0.3" in caplog.text
+
+
+def test_default_pixel_only_switches_off_what_the_space_searches(tmp_path, caplog):
+    path = tmp_path / "id_only.py"
+    path.write_text(
+        "from search_spaces import optional_weight\nMETRIC = 'val_margin'\n"
+        "def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-3, log=True)\n"
+        "    return optional_weight(trial, 'lambda_identity', 0.05, 1.0)\n")
+    points = load_preset(str(path)).anchor_points()
+    assert points["pixel-only"] == {"lr": 1.5e-4, "lambda_identity_on": False}
+    # A space that cannot draw the terms at 0 gets no pixel-only anchor, and says so.
+    path.write_text("METRIC = 'val_margin'\ndef space(trial):\n"
+                    "    trial.suggest_float('lambda_identity', 0.1, 1.0)\n")
+    with caplog.at_level(logging.WARNING, logger="search_spaces"):
+        assert list(load_preset(str(path)).anchor_points()) == ["guide"]
+    assert "no pixel-only anchor" in caplog.text

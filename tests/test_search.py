@@ -80,7 +80,8 @@ def test_stopped_trials_are_pruned_in_optuna_not_complete(finished_search):
             assert ot.state == optuna.trial.TrialState.PRUNED, (trial.trial_id, epochs)
         else:
             assert ot.state == optuna.trial.TrialState.COMPLETE
-            assert ot.value == pytest.approx(trial.history[-1]["val_margin"])
+            # Optuna judges a trial at its best epoch, where it is kept and ranked.
+            assert ot.value == pytest.approx(max(r["val_margin"] for r in trial.history))
         if not trial.error:  # every epoch reached Optuna as an intermediate value
             assert sorted(ot.intermediate_values) == list(range(1, trial.epochs_run + 1))
 
@@ -159,7 +160,9 @@ def test_best_config_written_exported_and_trained(finished_search, tmp_path, cap
 
     out = tmp_path / "best.json"
     assert search_cli_export(str(experiment), "--out", str(out)) == 0
-    assert "clearly" in capsys.readouterr().out  # the verdict, either way
+    verdict = capsys.readouterr().out  # the verdict, either way
+    assert ("It clearly beats bicubic" in verdict
+            or "No configuration clearly beat doing nothing" in verdict)
     exported = json.loads(out.read_text())
     assert exported["provenance"]["trial_id"] == best["provenance"]["trial_id"]
     assert 0 <= exported["metrics"]["val_accuracy"] <= exported["metrics"]["val_rank1"] <= 1

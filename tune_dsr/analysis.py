@@ -84,7 +84,8 @@ def t_interval(values: Iterable[float]) -> tuple[float, float, float]:
     if data.size < 2:
         return mean, math.nan, math.nan
     df = data.size - 1
-    t = _T95.get(df) or next((v for k, v in sorted(_T95.items()) if k >= df), 1.96)
+    # Between the table's rows, the row below: the wider interval (beyond 30: 30's).
+    t = _T95[max(k for k in _T95 if k <= df)]
     half = t * float(data.std(ddof=1)) / math.sqrt(data.size)
     return mean, mean - half, mean + half
 
@@ -170,7 +171,8 @@ class Verdict:
            half: float, rank1: float, rank1_half: float, best_epochs: list[int], warmup: int,
            pixel_only: float | None) -> Verdict:
         in_warmup = bool(best_epochs) and max(best_epochs) <= warmup
-        clear = math.isfinite(gain) and math.isfinite(half) and gain - half > 0 and not in_warmup
+        known = math.isfinite(gain) and math.isfinite(half)
+        clear = known and gain - half > 0 and not in_warmup
         sign = 1.0 if mode == "max" else -1.0
         beats_pixel = (None if pixel_only is None or winner.anchor == "pixel-only"
                        else sign * (winner.value - pixel_only) > 0)
@@ -182,12 +184,17 @@ class Verdict:
         lines = [f"Winner: {which}, {metric} {winner.value:.4f} ({how}"
                  + (f", 95 % interval [{winner.low:.4f}, {winner.high:.4f}]"
                     if math.isfinite(winner.low) else "") + f"; best epoch {epochs})."]
-        # A rank-1 gain lies in [-1, 1] whatever the normal approximation says.
-        rank1_low, rank1_high = max(-1.0, rank1 - rank1_half), min(1.0, rank1 + rank1_half)
+        def interval(value: float, half_width: float, low: float, high: float, form: str) -> str:
+            if not math.isfinite(half_width):
+                return "(interval unknown)"
+            # A rank-1 gain lies in [-1, 1] whatever the normal approximation says.
+            return (f"[{max(low, value - half_width):{form}}, "
+                    f"{min(high, value + half_width):{form}}]")
+
         lines.append(f"Gain over bicubic on validation: {gain_metric} {gain:+.4f} "
-                     f"[{gain - half:+.4f}, {gain + half:+.4f}], rank-1 {rank1:+.1%} "
-                     f"[{rank1_low:+.1%}, {rank1_high:+.1%}] (95 %, paired over the "
-                     "validation faces).")
+                     f"{interval(gain, half, -math.inf, math.inf, '+.4f')}, rank-1 "
+                     f"{rank1:+.1%} {interval(rank1, rank1_half, -1.0, 1.0, '+.1%')} (95 %, "
+                     "paired over the validation faces).")
         if winner.anchor == "pixel-only":
             lines.append("The winner is the pixel-only anchor: the identity terms did not help "
                          "on this data.")
@@ -202,7 +209,10 @@ class Verdict:
             if in_warmup:
                 why.append(f"its best epoch ({epochs}) lies within its learning-rate warm-up "
                            f"({warmup} epochs), when the network has barely moved from bicubic")
-            if not (math.isfinite(gain) and math.isfinite(half) and gain - half > 0):
+            if not known:
+                why.append("the interval of its gain over bicubic is unknown (an experiment "
+                           "from before tune_dsr reported it, or a single validation face)")
+            elif gain - half <= 0:
                 why.append("its gain over bicubic " + (
                     "is negative" if gain + half < 0 else "has an interval that includes 0"))
             lines.append("No configuration clearly beat doing nothing (bicubic upscaling): "
@@ -409,8 +419,11 @@ class Experiment:
         rank1 = [float(r.get("val_rank1_full_gain", math.nan)) for r in rows]
         rank1_halves = [float(r.get("val_rank1_full_gain_ci", math.nan)) for r in rows]
         best_epochs = [int(r.get("epoch", 0)) for r in rows]
-        warmup = int(self.trial(winner.trial_id).config.get("warmup_epochs", 0))
-        pixel = self.trials[self.trials["anchor"] == "pixel-only"]
+        from tune_dsr.config import Config
+
+        warmup = Config.from_dict(self.trial(winner.trial_id).config).train.warmup_epochs
+        pixel = self.trials[(self.trials["anchor"] == "pixel-only")
+                            & self.trials["value"].notna()]
         pixel_value = float(pixel["value"].iloc[0]) if len(pixel) else None
         confirmed = self.confirmations()
         if pixel_value is not None and str(pixel["trial_id"].iloc[0]) in confirmed.index:

@@ -15,6 +15,7 @@ the galleries, a few matrix products.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,11 +49,11 @@ def soft_rank1(margins: Tensor) -> Tensor:
 
 
 def paired_half_width(differences: Tensor) -> float:
-    """95 % half-width of the mean of per-probe paired differences (normal approximation; 0 for
-    fewer than two probes)."""
+    """95 % half-width of the mean of per-probe paired differences (normal approximation; NaN,
+    unknown, for fewer than two probes)."""
     n = differences.numel()
     if n < 2:
-        return 0.0
+        return math.nan
     return float(Z95 * differences.float().std(unbiased=True) / n ** 0.5)
 
 Embed = Callable[[Tensor], Tensor]  # float images in [0, 1] on the device -> embeddings [B, D]

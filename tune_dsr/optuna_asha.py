@@ -2,9 +2,10 @@
 
 - `PruneAwareOptunaSearch`: Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early is
   COMPLETE with its truncated last value, so TPE learns from early numbers as if they were final.
-  Here every epoch's value goes to the Optuna trial as an intermediate value, and a trial that
-  ended before the last epoch without error is told as PRUNED (Optuna's TPE handles pruned trials
-  by their intermediate values).
+  Here every epoch the trial's best value so far goes to the Optuna trial as an intermediate value
+  (a trial is kept and ranked at its best epoch), and a trial that ended before the last epoch
+  without error is told as PRUNED (Optuna's TPE handles pruned trials by their intermediate
+  values).
 - `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
   this callback's state is saved with the experiment and puts the rungs back.
 - `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
@@ -31,6 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search_spaces import SearchSpace
 from tune_dsr.errors import ConfigError
 from tune_dsr.experiment import is_uri, trial_folder
 
@@ -59,7 +61,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        value, step = result.get(self.metric), result.get(self._step_key)
+        # The trial's best so far (the trainer's best_<objective>): a trial is ranked, exported
+        # and kept (best.pt) at its best epoch, so Optuna judges it there too, also when ASHA or
+        # the patience stopped it after a decline.
+        value = result.get(f"best_{self.metric}", result.get(self.metric))
+        step = result.get(self._step_key)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
             return
         step = int(step)
@@ -77,6 +83,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self.on_trial_result(trial_id, result)  # Ray passes the last epoch here, not there
         epochs = int(result.get(self._step_key, 0)) if result else 0
         if error or epochs >= self._max_epochs:
+            if result and f"best_{self.metric}" in result:
+                result = {**result, self.metric: result[f"best_{self.metric}"]}
             super().on_trial_complete(trial_id, result, error)
             return
         # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.
@@ -129,6 +137,10 @@ class AshaStateCallback(Callback):
         self.scheduler._num_stopped = state["num_stopped"]
         logger.info("Restored ASHA rungs: %s",
                     [(m, len(r)) for rungs in state["rungs"] for m, r in rungs])
+
+
+# Experiments searched before the pinned space moved to search_spaces pickled it under this name.
+_PinnedSpace = SearchSpace
 
 
 class FixedConfigs(Searcher):

@@ -361,16 +361,17 @@ def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
     from tune_dsr.analysis import load_experiment
 
     experiment = load_experiment(plan.experiment_path)
-    top = experiment.top(plan.confirm)
+    ranked = experiment.top(experiment.trials.shape[0])
+    top = ranked[~ranked["error"].astype(bool)].head(plan.confirm)  # failed trials: never
     if len(top) < plan.confirm:
         logger.warning("--confirm %d: only %d trial(s) finished with a %s value; confirming "
                        "those", plan.confirm, len(top), plan.metric)
     configs = []
     for trial_id in top["trial_id"]:
         config = experiment.trial(trial_id).config
-        for run in range(1, plan.confirm_runs + 1):
-            configs.append({**config, "seed": plan.seed + run, "confirms": trial_id,
-                            "confirm_run": run})
+        for run in range(1, plan.confirm_runs + 1):  # seeds the search never used
+            configs.append({**config, "seed": int(config.get("seed", plan.seed)) + run,
+                            "confirms": trial_id, "confirm_run": run})
     return configs
 
 
@@ -410,6 +411,41 @@ def build_confirmation(plan: SearchPlan, data: SearchData, resume: bool = False,
             verbose=1))
 
 
+def _confirmation_started(plan: SearchPlan) -> bool:
+    from ray import tune
+
+    return bool(plan.confirm) and tune.Tuner.can_restore(join(plan.experiment_path, CONFIRM_DIR))
+
+
+def check_study_matches(plan: SearchPlan) -> None:
+    """On --resume: the stored Optuna study must have drawn from the preset's space as it is now
+    (a preset edited since, or one of an older tune_dsr, would fail at the next proposal)."""
+    import optuna
+
+    from search_spaces import load_preset
+
+    if not plan.study_path.is_file():
+        return
+    now = load_preset(plan.space).distributions()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for trial in study.get_trials(deepcopy=False):
+        for key, stored in trial.distributions.items():
+            if key not in now:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(stored, now[key])
+            except ValueError as exc:
+                raise ConfigError(
+                    f"cannot resume {plan.experiment_path}: the preset {plan.space!r} now draws "
+                    f"{key} differently from when this search started ({exc}); resume it with "
+                    "the tune_dsr and preset that started it, or start a new search") from None
+
+
 def run_search(plan: SearchPlan, resume: bool = False,
                function: Callable[..., None] | None = None) -> dict[str, Any]:
     """Run (or resume) the search; returns the best configuration document (also saved).
@@ -431,20 +467,23 @@ def run_search(plan: SearchPlan, resume: bool = False,
     data = load_data(plan)
     # Load the loss networks once here: an unreadable EdgeFace file fails now, not in a trial.
     load_loss_networks(plan.base["edgeface"], plan.base["perceptual_weights"])
+    if resume:
+        check_study_matches(plan)
     connect_ray(plan)
     check_cluster(plan)
     if not resume:
         plan.save()
-    tuner = build_tuner(plan, data, resume=resume, function=function)
     started = time.perf_counter()
-    results = tuner.fit()
-    errors = [r for r in results if r.error is not None]
-    if errors:
-        logger.warning("%d of %d trials failed; first error: %s", len(errors), len(results),
-                       str(errors[0].error).splitlines()[0])
-    if len(errors) == len(results):
-        raise RuntimeError("every trial failed; rerun with --debug and look at the trial logs "
-                           f"under {plan.experiment_path}")
+    confirming = resume and _confirmation_started(plan)
+    if not confirming:  # the search ended before its confirmation runs began: not again
+        results = build_tuner(plan, data, resume=resume, function=function).fit()
+        errors = [r for r in results if r.error is not None]
+        if errors:
+            logger.warning("%d of %d trials failed; first error: %s", len(errors), len(results),
+                           str(errors[0].error).splitlines()[0])
+        if len(errors) == len(results):
+            raise RuntimeError("every trial failed; rerun with --debug and look at the trial "
+                               f"logs under {plan.experiment_path}")
     # Tune catches Ctrl-C, saves the experiment and returns as if done: tell the two apart.
     unfinished = unfinished_trials(plan.experiment_path)
     if plan.confirm and not unfinished:
