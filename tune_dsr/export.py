@@ -38,8 +38,9 @@ def best_config_document(experiment: str, metric: str | None = None, rank: int =
     exp = load_experiment(experiment, metric)  # a wrong folder or metric is reported first
     metric, mode = exp.metric, exp.mode
     ranked = exp.trials[exp.trials["value"].notna()]
-    confirmed = exp.confirmations() if metric == (exp.plan.metric if exp.plan else None) \
-        else exp.confirmations().iloc[0:0]
+    confirmed = exp.confirmations()
+    if exp.plan is None or metric != exp.plan.metric:
+        confirmed = confirmed.iloc[0:0]  # confirmation runs rank by the search's objective only
     order = [*confirmed.index, *[t for t in ranked["trial_id"] if t not in confirmed.index]]
     if not order:
         raise ConfigError(f"no trial of {exp.path} has finished an epoch with a {metric} value "
