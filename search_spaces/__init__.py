@@ -39,7 +39,7 @@ from typing import Any
 
 import optuna
 
-from tune_dsr.config import METRICS, SWITCHABLE, Config, switch_key
+from tune_dsr.config import METRICS, SWITCHABLE, Config, switch_key, switches
 from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast")
@@ -79,8 +79,8 @@ class Preset:
     max_epochs: int = 100
     grace_period: int = 10
     patience: int | None = None  # None: the search's grace period
-    # label -> settings over the guide's; None: the default anchors (guide, pixel-only)
-    anchors: dict[str, dict[str, Any]] | None = None
+    # label -> settings over the guide's: the preset's ANCHORS, else the defaults (load_preset)
+    anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every searched parameter and its range, conditional ones included (the space run on a
@@ -108,20 +108,7 @@ class Preset:
 
     def anchor_settings(self) -> dict[str, dict[str, Any]]:
         """Each anchor's label and its settings over the guide's (see the module's docstring)."""
-        if self.anchors is not None:
-            return {label: dict(settings) for label, settings in self.anchors.items()}
-        default: dict[str, dict[str, Any]] = {GUIDE_ANCHOR: {}}
-        # Pixel-only switches off the identity terms the space searches; a space that cannot
-        # draw them at 0 (a range above 0, no optional_weight) gets no such anchor, and says so.
-        searched = _all_keys(self.space)
-        off = {key: 0.0 for key in PIXEL_ONLY_OFF if key in searched}
-        if off:
-            try:
-                _replay(self.space, {**self.guide, **off}, f"anchor {PIXEL_ONLY!r}")
-                default[PIXEL_ONLY] = off
-            except ConfigError as exc:
-                logger.warning("no pixel-only anchor for this preset: %s", exc)
-        return default
+        return {label: dict(settings) for label, settings in self.anchors.items()}
 
     def anchor_points(self, pins: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """Label -> the searched parameters' values of each anchor, as Optuna is told them
@@ -169,6 +156,23 @@ class Preset:
 def _scratch_trial() -> optuna.trial.Trial:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+
+
+def _default_anchors(space: Callable[[Any], Any], guide: dict[str, Any]
+                     ) -> dict[str, dict[str, Any]]:
+    """The guide's values, and pixel-only: the identity terms the space searches switched off.
+    A space that cannot draw them at 0 (a range above 0, no optional_weight) gets no pixel-only
+    anchor, and says so."""
+    anchors: dict[str, dict[str, Any]] = {GUIDE_ANCHOR: {}}
+    searched = _all_keys(space)
+    off = {key: 0.0 for key in PIXEL_ONLY_OFF if key in searched}
+    if off:
+        try:
+            _replay(space, {**guide, **off}, f"anchor {PIXEL_ONLY!r}")
+            anchors[PIXEL_ONLY] = off
+        except ConfigError as exc:
+            logger.warning("no pixel-only anchor for this preset: %s", exc)
+    return anchors
 
 
 def in_range(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
@@ -225,7 +229,7 @@ def _replay(space: Callable[[Any], Any], settings: dict[str, Any], where: str,
         values = Config().replace(**settings).to_flat()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    values.update({switch_key(key): values[key] > 0 for key in SWITCHABLE})
+    values.update(switches(values))
     trial = _ReplayTrial(values, where)
     pin_space(space, dict(pins or {}))(trial)
     return trial.params, trial.distributions
@@ -261,7 +265,7 @@ class SearchSpace:
 class _PinnedTrial:
     def __init__(self, trial: Any, pins: dict[str, Any]) -> None:
         self._trial, self._pins = trial, pins
-        self._switches = {switch_key(k): v > 0 for k, v in pins.items() if k in SWITCHABLE}
+        self._switches = switches(pins)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._trial, name)
@@ -349,13 +353,19 @@ def load_preset(name_or_path: str) -> Preset:
     patience = getattr(module, "PATIENCE", None)
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ConfigError(f"{where}: PATIENCE={patience!r} must be a whole number of epochs >= 1")
+    guide = dict(getattr(module, "GUIDE", {}))
+    try:
+        anchors = ({k: dict(v) for k, v in anchors.items()} if anchors is not None
+                   else _default_anchors(module.space, guide))
+    except ConfigError as exc:  # e.g. a GUIDE key that is not a setting
+        raise ConfigError(f"{where}: {exc}") from exc
     preset = Preset(
         name=Path(name_or_path).stem, space=module.space, metric=module.METRIC,
-        mode=mode, guide=dict(getattr(module, "GUIDE", {})),
+        mode=mode, guide=guide,
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().split("\n")[0]),
         max_epochs=int(getattr(module, "MAX_EPOCHS", 100)),
         grace_period=int(getattr(module, "GRACE_PERIOD", 10)), patience=patience,
-        anchors=None if anchors is None else {k: dict(v) for k, v in anchors.items()})
+        anchors=anchors)
     _validate(preset, where)
     return preset
 

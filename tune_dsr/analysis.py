@@ -358,6 +358,10 @@ class Experiment:
         objective (each at its best epoch), their mean with a 95 % t interval, and the mean
         recognition gain over bicubic (``gain``, the verdict's metric). Empty without
         confirmation runs."""
+        return self._confirmations.copy()
+
+    @cached_property
+    def _confirmations(self) -> pd.DataFrame:
         columns = ["anchor", "search_value", "runs", "values", "mean", "low", "high", "gain"]
         frame = self.confirm_trials
         if frame.empty:

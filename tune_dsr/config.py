@@ -33,6 +33,7 @@ __all__ = [
     "direction",
     "score",
     "switch_key",
+    "switches",
 ]
 
 
@@ -94,6 +95,11 @@ def switch_key(weight: str) -> str:
 
 
 _SWITCHES = {switch_key(weight): weight for weight in SWITCHABLE}
+
+
+def switches(settings: dict[str, Any]) -> dict[str, bool]:
+    """The switches that the weights among flat `settings` imply: on where a weight is above 0."""
+    return {switch_key(key): settings[key] > 0 for key in SWITCHABLE if key in settings}
 
 # VGG19 layers the perceptual loss can compare, in network order.
 PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4")
