@@ -211,7 +211,7 @@ class Context:
     """What the command line asked for, handed to every part."""
 
     device: torch.device
-    quick: bool
+    demo: bool
     threads: int
     workdir: Path  # a temporary folder for synthetic data and experiments
     repeats: int | None = None  # --repeats; None: each part's default

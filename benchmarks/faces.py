@@ -59,7 +59,7 @@ class Budget:
 
 FULL = Budget(num_samples=16, max_epochs=24, grace_period=4, reduction_factor=2, confirm=3,
               confirm_runs=2)
-QUICK = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
+DEMO = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
                confirm_runs=1)
 
 
@@ -121,15 +121,16 @@ def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> dict[str, f
 
 
 def run(ctx: Context) -> PartResult:
-    from tune_dsr import evaluate as ev
-    from tune_dsr.analysis import load_experiment
     from tune_dsr.config import Config
-    from tune_dsr.experiment import write_json
-    from tune_dsr.export import best_config_document
-    from tune_dsr.tuning import SearchOptions, plan_search, run_search
+    from tune_dsr.evaluation import probes as ev
+    from tune_dsr.evaluation.protocols import evaluate
+    from tune_dsr.tuning.analysis import load_experiment
+    from tune_dsr.tuning.experiment import write_json
+    from tune_dsr.tuning.export import best_config_document
+    from tune_dsr.tuning.service import SearchOptions, plan_search, run_search
 
     data, edgeface = check_inputs(ctx.data, ctx.edgeface)
-    budget = QUICK if ctx.quick else FULL
+    budget = DEMO if ctx.demo else FULL
     result = PartResult("faces")
     work = ctx.workdir / "faces"
     work.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def run(ctx: Context) -> PartResult:
     # and budget, and the final run's monitor and patience.
     pixel = Config().replace(**plan.base, lambda_identity=0.0, lambda_feature_match=0.0,
                              monitor=exported.train.monitor,
-                             early_stop_patience=exported.train.early_stop_patience)
+                             patience=exported.train.patience)
     pixel_json = work / "pixel_only.json"
     pixel.to_json(pixel_json)
     trained = time.perf_counter()
@@ -176,14 +177,14 @@ def run(ctx: Context) -> PartResult:
     train_seconds = time.perf_counter() - trained
 
     # 5. evaluate on the test subjects
-    split = ev.resolve_split(data / "test_processed")
+    split = ev.resolve_split(test_dir=data / "test_processed")
     dsrs = ev.load_dsrs([work / "final" / "best.pt", work / "pixel_only" / "best.pt"], "cpu")
     probes = ev.load_probe_set(split, dsrs)
     distractors = [ev.GalleryFaces.scan(root, probes.hr_size)
                    for root in ev.default_distractor_roots(split)]
     recognisers = ev.load_recognisers([edgeface], "cpu")
     names = {"search": dsrs[0].model, "pixel-only": dsrs[1].model}
-    report = ev.evaluate(probes, names, recognisers, distractors=distractors, per_probe=True,
+    report = evaluate(probes, names, recognisers, distractors=distractors, per_probe=True,
                          resamples=4000)
     wide = next(b for b in report["results"] if b["protocol"] == "wide")
     rows = [r for r in report["probes"] if r["protocol"] == "wide"]

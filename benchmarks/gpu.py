@@ -47,8 +47,8 @@ def bf16_matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20
 
 def _trainer(settings: dict[str, Any], train: Any, val: Any) -> Any:
     from tune_dsr.config import Config
-    from tune_dsr.losses import load_loss_networks
-    from tune_dsr.trainer import Trainer
+    from tune_dsr.training.losses import load_loss_networks
+    from tune_dsr.training.trainer import Trainer
 
     identity, vgg = load_loss_networks(settings["edgeface"], settings["perceptual_weights"])
     return Trainer(Config().replace(**settings), train, val, identity, vgg)
@@ -80,7 +80,7 @@ def packed(ctx: Context, train: Any, val: Any, settings: dict[str, Any], trials:
     import ray
     from ray import tune
 
-    from tune_dsr.trainable import make_trainable
+    from tune_dsr.tuning.trainable import make_trainable
 
     cpus = min(1.0, ray.cluster_resources().get("CPU", 2) / trials)
     trainable = make_trainable(train, val, cpus=cpus, gpus=1 / trials, objective="val_score")
@@ -108,33 +108,33 @@ def run(ctx: Context) -> PartResult:
         return result
     from benchmarks import raylocal
     from tune_dsr.data import PairedFaces
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     device = torch.device("cuda")
-    quick = ctx.quick
-    hr_size = 32 if quick else 112
+    demo = ctx.demo
+    hr_size = 32 if demo else 112
     splits = make_synthetic_dataset(ctx.workdir / "gpu_faces", subjects=6,
-                                    per_subject=4 if quick else 64, vlr_sizes=(16,),
+                                    per_subject=4 if demo else 64, vlr_sizes=(16,),
                                     hr_size=hr_size, seed=0)
     train = PairedFaces.load(splits["train"], vlr_size=16, hr_size=hr_size)
     val = PairedFaces.load(splits["val"], vlr_size=16, hr_size=hr_size, max_images=16)
-    batch = 4 if quick else 16
-    epochs = 2 if quick else 4
+    batch = 4 if demo else 16
+    epochs = 2 if demo else 4
     settings = {**NETWORKS, **GUIDE, "vlr_size": 16, "hr_size": hr_size, "batch_size": batch,
-                "epochs": epochs, "warmup_epochs": 1, "early_stop_patience": 0,
+                "epochs": epochs, "warmup_epochs": 1, "patience": 0,
                 "monitor": "val_score", "device": "cuda", "seed": 42}
     result.say(f"{torch.cuda.get_device_name(device)}; guide DSR C112 N16, 16 -> {hr_size}px, "
                f"batch {batch}, {len(train)} training pairs per epoch, tune_dsr's default "
                "fast paths.")
 
-    rate = bf16_matmul_tflops(device, 2048 if quick else 8192)
+    rate = bf16_matmul_tflops(device, 2048 if demo else 8192)
     trainer = _trainer(settings, train, val)
     flops = flops_per_image(trainer, batch)
     trainer._train_epoch()  # warm-up: cuDNN autotuning, allocator
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     seconds = []
-    for _ in range(1 if quick else 3):
+    for _ in range(1 if demo else 3):
         torch.cuda.synchronize(device)
         started = time.perf_counter()
         trainer._train_epoch()
@@ -150,9 +150,9 @@ def run(ctx: Context) -> PartResult:
 
     rows = [["one trial, in this process", fmt(one), fmt(peak_mib),
              f"{utilisation(one):.1%}", ""]]
-    raylocal.ensure(num_gpus=1, warm=not quick)
+    raylocal.ensure(num_gpus=1, warm=not demo)
     aggregate = {}
-    for trials in (1, 2) if quick else (1, 2, 4, 8):
+    for trials in (1, 2) if demo else (1, 2, 4, 8):
         total, each = packed(ctx, train, val, settings, trials)
         aggregate[trials] = total
         rows.append([f"{trials} Tune trial(s) packed ({fmt(1 / trials)} GPU each)", fmt(total),

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from tune_dsr.config import LossConfig, ModelConfig
-from tune_dsr.losses import total_variation
 from tune_dsr.models.dsr import DSR
+from tune_dsr.training.losses import total_variation
 
 # The original's settings (REFERENCE.md, "Training").
 LR, WEIGHT_DECAY, GRAD_CLIP, EMA_DECAY = 1.5e-4, 1e-6, 1.0, 0.999
@@ -202,7 +202,7 @@ def check_same_loss(identity_net: nn.Module, trunk: nn.Sequential, loss_config: 
                     hr_size: int, device: torch.device) -> str:
     """The reference's loss and tune_dsr's `DSRLoss` must give the same terms and the same DSR
     gradient, or the timings compare different work. Returns a line for the report."""
-    from tune_dsr.losses import DSRLoss, Perceptual
+    from tune_dsr.training.losses import DSRLoss, Perceptual
 
     torch.manual_seed(0)
     model = DSR(ModelConfig(vlr_size=16, hr_size=hr_size, width=8, depth=1)).to(device)

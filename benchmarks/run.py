@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m benchmarks.run [--quick] [--device cpu|cuda] [--only NAMES]
+"""The benchmark suite: ``python -m benchmarks.run [--demo] [--device cpu|cuda] [--only NAMES]
 [--json FILE] [--threads N] [--repeats N] [--data DIR --edgeface FILE [--seed N]]``.
 
 Measures tune_dsr against baselines run in the same process on the same machine, and ends with
@@ -18,7 +18,7 @@ one line per headline ratio, ``NAME: ×R (tune_dsr X vs baseline Y UNIT)`` with 
 - signals (with ``--data``/``--edgeface``; else a synthetic smoke run): which validation signal
   predicts test recognition across DSR runs (`benchmarks.signals`, docs/results.md).
 
---quick is a smoke run (tiny sizes, one repeat; its numbers mean nothing). The results and how
+--demo is a smoke run (tiny sizes, one repeat; its numbers mean nothing). The results and how
 to read them: docs/performance.md.
 """
 
@@ -67,7 +67,7 @@ def _part(name: str) -> Callable[[Context], PartResult]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description=__doc__.split("\n\n")[0].split(": ")[0])
-    p.add_argument("--quick", action="store_true",
+    p.add_argument("--demo", action="store_true",
                    help="smoke run: tiny sizes, one repeat, a 2-trial search (about half a "
                         "minute; the numbers mean nothing)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads in this process (default 1: steady numbers on a "
                         "shared machine; see docs/performance.md, 'Why one thread')")
     p.add_argument("--repeats", type=int,
-                   help="timed repeats per variant in the step part (default 3; 1 with --quick)")
+                   help="timed repeats per variant in the step part (default 3; 1 with --demo)")
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="a real face set in tune_dsr's layout (train_processed/, val_processed/, "
                         "test_processed/), for the faces part")
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_torch(args.device, args.threads)
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    print("tune_dsr benchmark suite" + (" (--quick: a smoke run, numbers meaningless)"
-                                        if args.quick else ""))
+    print("tune_dsr benchmark suite" + (" (--demo: a smoke run, numbers meaningless)"
+                                        if args.demo else ""))
     for line in machine_lines(device, command.strip()):
         print("  " + line)
     print(flush=True)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[PartResult] = []
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tune_dsr_bench_") as tmp:
-        ctx = Context(device=device, quick=args.quick, threads=args.threads, workdir=Path(tmp),
+        ctx = Context(device=device, demo=args.demo, threads=args.threads, workdir=Path(tmp),
                       repeats=args.repeats, data=args.data, edgeface=args.edgeface,
                       seed=args.seed)
         try:

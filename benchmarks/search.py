@@ -1,8 +1,8 @@
 """Part "search": tune_dsr's ASHA + TPE against the guide's way of searching.
 
-Both run through tune_dsr's own search service (`tune_dsr.tuning`: `plan_search`, `run_search`),
-with the same preset space, the same number of configurations, the same seeded TPE sampler and
-the same data, once per seed:
+Both run through tune_dsr's own search service (`tune_dsr.tuning.service`: `plan_search`,
+`run_search`), with the same preset space, the same number of configurations, the same seeded
+TPE sampler and the same data, once per seed:
 
 - tune_dsr: ASHA stops poor trials at its rungs (grace 1 epoch, reduction factor 3), beside the
   patience below.
@@ -42,7 +42,7 @@ PATIENCE_SHARE = 0.2  # the guide: patience 20 of 100 epochs (the fast preset: 1
 
 def _run_one(ctx: Context, splits: dict[str, Any], way: str, seed: int, samples: int,
              epochs: int) -> dict[str, Any]:
-    from tune_dsr.tuning import SearchOptions, plan_search, run_search
+    from tune_dsr.tuning.service import SearchOptions, plan_search, run_search
 
     guide = way == "guide"
     options = SearchOptions(
@@ -50,7 +50,7 @@ def _run_one(ctx: Context, splits: dict[str, Any], way: str, seed: int, samples:
         pins=PINS, num_samples=samples, max_epochs=epochs,
         grace_period=epochs if guide else 1, reduction_factor=3, cpus_per_trial=1,
         patience=max(1, round(PATIENCE_SHARE * epochs)), confirm=0,
-        max_concurrent=1 if ctx.quick else 2,
+        max_concurrent=1 if ctx.demo else 2,
         storage_path=str(ctx.workdir / "search"), name=f"{way}-seed{seed}", seed=seed,
         max_failures=0, **NETWORKS)
     plan = plan_search(options)
@@ -69,20 +69,20 @@ def _mean(values: list[float]) -> float:
 
 
 def run(ctx: Context) -> PartResult:
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     result = PartResult("search")
-    quick = ctx.quick
-    seeds = [1] if quick else [1, 2, 3]
-    samples = 2 if quick else 18
-    epochs = 2 if quick else 9
-    raylocal.ensure(warm=not ctx.quick)
-    splits = make_synthetic_dataset(ctx.workdir / "search_faces", subjects=6 if quick else 10,
-                                    per_subject=2 if quick else 4, vlr_sizes=(16,),
+    demo = ctx.demo
+    seeds = [1] if demo else [1, 2, 3]
+    samples = 2 if demo else 18
+    epochs = 2 if demo else 9
+    raylocal.ensure(warm=not ctx.demo)
+    splits = make_synthetic_dataset(ctx.workdir / "search_faces", subjects=6 if demo else 10,
+                                    per_subject=2 if demo else 4, vlr_sizes=(16,),
                                     hr_size=PINS["hr_size"], seed=0)
     result.say(f"Preset '{SPACE}' with {', '.join(f'{k}={v}' for k, v in PINS.items())} held "
                f"fixed; {samples} configurations of up to {epochs} epochs per search, seeds "
-               f"{', '.join(map(str, seeds))}; {1 if quick else 2} trial(s) at a time (1 CPU "
+               f"{', '.join(map(str, seeds))}; {1 if demo else 2} trial(s) at a time (1 CPU "
                f"each); patience {max(1, round(PATIENCE_SHARE * epochs))} epochs in both. "
                "tune_dsr: ASHA grace 1, reduction factor 3. The guide's way: full budget.")
     runs: dict[str, list[dict[str, Any]]] = {"tune_dsr": [], "guide": []}

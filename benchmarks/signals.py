@@ -76,7 +76,7 @@ BICUBIC = {"test_rank1": "test_bicubic_rank1", "test_margin": "test_bicubic_marg
 # Held fixed in every run: a small DSR that trains in about ten seconds an epoch on two cores.
 PINS: dict[str, Any] = {"width": 48, "depth": 6, "lambda_perceptual": 0.0,
                         "perceptual_weights": "random", "bicubic_residual": True,
-                        "batch_size": 16, "device": "cpu", "amp": True, "early_stop_patience": 0}
+                        "batch_size": 16, "device": "cpu", "amp": True, "patience": 0}
 # The two configurations every study includes; the others are drawn (`plan_runs`).
 FIXED_RUNS: tuple[tuple[str, dict[str, float]], ...] = (
     ("pixel-only", {"lambda_identity": 0.0, "lambda_feature_match": 0.0, "lr": 3e-4}),
@@ -217,7 +217,7 @@ class EpochProbe:
         return None
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        from tune_dsr.evaluate import evaluate
+        from tune_dsr.evaluation.protocols import evaluate
 
         started = time.perf_counter()
         trainer.ema.eval()
@@ -257,7 +257,7 @@ def _cached(faces: Any) -> Any:
     """A scanned distractor folder decoded once (evaluate then reads it from memory)."""
     import torch
 
-    from tune_dsr.evaluate import GalleryFaces
+    from tune_dsr.evaluation.probes import GalleryFaces
 
     return GalleryFaces.from_tensor(torch.cat(list(faces.batches(64))), faces.subjects,
                                     source=faces.source)
@@ -270,9 +270,9 @@ def train_runs(study: Study, say: Any = print) -> tuple[list[RunPlan], list[dict
     from tune_dsr.config import Config
     from tune_dsr.data import load_pair_sets
     from tune_dsr.errors import DataError
-    from tune_dsr.evaluate import GalleryFaces, load_probe_set
-    from tune_dsr.losses import load_loss_networks
-    from tune_dsr.trainer import Trainer
+    from tune_dsr.evaluation.probes import GalleryFaces, load_probe_set
+    from tune_dsr.training.losses import load_loss_networks
+    from tune_dsr.training.trainer import Trainer
 
     started = time.perf_counter()
     base = Config.from_dict({**PINS, "device": study.device, "epochs": study.epochs,
@@ -631,7 +631,7 @@ def _synthetic(workdir: Path) -> Path:
 def run(ctx: Context) -> PartResult:
     """The suite's part: on the real set of ``--data``/``--edgeface`` where given, else on
     synthetic faces and random networks (the machinery, not a result)."""
-    runs, epochs = (3, 2) if ctx.quick else (DEFAULT_RUNS, DEFAULT_EPOCHS)
+    runs, epochs = (3, 2) if ctx.demo else (DEFAULT_RUNS, DEFAULT_EPOCHS)
     if ctx.data is not None and ctx.edgeface is not None:
         from benchmarks.faces import check_inputs
 

@@ -29,9 +29,9 @@ from benchmarks.common import Context, PartResult, Ratio, fmt, interleaved, medi
 from benchmarks.reference import ReferenceTrainer, check_same_loss
 from tune_dsr.config import Config, LossConfig, ModelConfig
 from tune_dsr.data import PairedFaces, to_float
-from tune_dsr.losses import load_loss_networks
-from tune_dsr.synth import make_synthetic_dataset
-from tune_dsr.trainer import Trainer
+from tune_dsr.synthetic import make_synthetic_dataset
+from tune_dsr.training.losses import load_loss_networks
+from tune_dsr.training.trainer import Trainer
 
 EDGEFACE = "random:edgeface_xxs"
 LEVERS = ("amp", "channels_last", "compile")  # tune_dsr's fast paths, where its config has them
@@ -49,8 +49,8 @@ class Case:
         return f"{self.dsr} DSR C{self.width} N{self.depth}, {self.vlr}px"
 
 
-def cases(quick: bool) -> list[Case]:
-    if quick:
+def cases(demo: bool) -> list[Case]:
+    if demo:
         return [Case("small", 32, 4, 16)]
     return [Case(dsr, width, depth, vlr) for dsr, width, depth in
             (("guide", 112, 16), ("small", 32, 4)) for vlr in (16, 32)]
@@ -61,10 +61,10 @@ def present_levers() -> list[str]:
     return [lever for lever in LEVERS if lever in keys]
 
 
-def lever_settings(quick: bool) -> dict[str, dict[str, bool]]:
+def lever_settings(demo: bool) -> dict[str, dict[str, bool]]:
     """tune_dsr's rows: everything off, each lever alone, and the config's defaults."""
     levers = present_levers()
-    if quick:  # compiling takes longer than the whole smoke run may
+    if demo:  # compiling takes longer than the whole smoke run may
         levers = [lever for lever in levers if lever != "compile"]
     off = dict.fromkeys(levers, False)
     defaults = {lever: bool(Config().to_flat()[lever]) for lever in levers}
@@ -139,7 +139,7 @@ def data_variants(train: PairedFaces, batch: int, device: torch.device
     from torch.utils.data import DataLoader
 
     from benchmarks.reference import PILPairs
-    from tune_dsr.augment import augment_pair
+    from tune_dsr.training.augment import augment_pair
 
     loader = DataLoader(PILPairs(Path(train.split_dir), train.names, train.vlr_size),
                         batch_size=batch, shuffle=True, num_workers=0)
@@ -165,13 +165,13 @@ def data_variants(train: PairedFaces, batch: int, device: torch.device
 
 def run(ctx: Context) -> PartResult:
     result = PartResult("step")
-    device, quick = ctx.device, ctx.quick
-    hr_size = 32 if quick else 112
-    images = 8 if quick else 16
-    batch = 4 if quick else 16
-    repeats = ctx.repeats or (1 if quick else 3)
-    todo = cases(quick)
-    rows_of = lever_settings(quick)
+    device, demo = ctx.device, ctx.demo
+    hr_size = 32 if demo else 112
+    images = 8 if demo else 16
+    batch = 4 if demo else 16
+    repeats = ctx.repeats or (1 if demo else 3)
+    todo = cases(demo)
+    rows_of = lever_settings(demo)
     # Each row costs its epochs: the small DSR at 16 px gets every lever on its own, the guide's
     # DSR at 16 px levers off too, the 32 px cases the reference and tune_dsr's defaults only.
     lever_case = todo[2] if len(todo) > 2 else todo[0]
@@ -246,7 +246,7 @@ def run(ctx: Context) -> PartResult:
 
     # The data path alone, from the first VLR size's set.
     train = sets[vlr_sizes[0]][0]
-    data_times = interleaved(data_variants(train, batch, device), 1 if quick else 5)
+    data_times = interleaved(data_variants(train, batch, device), 1 if demo else 5)
     result.say()
     result.say(f"The data path alone (epoch of {len(train)} pairs, {vlr_sizes[0]}px -> "
                f"{hr_size}px, batch {batch}, augmentation on):")

@@ -2,14 +2,15 @@
 
 overhead: the same training run three ways, interleaved: the bare `Trainer.fit()` loop, the same
 writing a run folder (best.pt, the picture grid, metrics.jsonl, as a trial does), and as a Tune
-trial through tune_dsr's own trainable (`tune_dsr.trainable.train_dsr` behind `make_trainable`).
+trial through tune_dsr's own trainable (`tune_dsr.tuning.trainable.train_dsr` behind
+`make_trainable`).
 Per epoch (epochs 2 on: the first pays one-off work) it compares the time between two epochs'
 ends; and it times a trial's start-up, from `Tuner.fit()` to the end of the first epoch less one
 epoch: Tune's set-up, the trial's process and imports, its data from the object store, the loss
 networks and the Trainer.
 
 memory: host memory of one trial (the overhead part's Tune run) and of four concurrent trials
-(two with --quick). Every trial is handed the same large set through the object store
+(two with --demo). Every trial is handed the same large set through the object store
 (`tune.with_parameters`, as a search does), reads all of it, and trains for real on its first
 pairs, the bare runs' data; a sampler reads every trial process's /proc/PID/smaps_rollup
 meanwhile, and each trial says whether the set's bytes sit in a shared mapping or in its
@@ -39,7 +40,10 @@ from benchmarks import raylocal
 from benchmarks.common import Context, PartResult, Ratio, fmt, median, proc_memory_mib, spread
 from tune_dsr.config import Config
 from tune_dsr.data import PairedFaces
-from tune_dsr.trainable import make_trainable, train_dsr  # imported by a trial as it unpickles
+from tune_dsr.tuning.trainable import (  # imported by a trial as it unpickles
+    make_trainable,
+    train_dsr,
+)
 
 PROBE_DIR = "_bench_probe_dir"  # config keys the probe reads and removes before train_dsr
 TRAIN_PAIRS = "_bench_train_pairs"
@@ -218,18 +222,18 @@ _ONE_TRIAL: dict[Path, list[dict[str, Any]]] = {}  # memory of the overhead part
 def inputs(ctx: Context) -> Inputs:
     """The same data and settings for both parts (built once per suite run)."""
     if ctx.workdir not in _INPUTS:
-        from tune_dsr.synth import make_synthetic_dataset
+        from tune_dsr.synthetic import make_synthetic_dataset
 
-        hr_size = 32 if ctx.quick else 112
+        hr_size = 32 if ctx.demo else 112
         splits = make_synthetic_dataset(ctx.workdir / "trial_faces", subjects=6,
-                                        per_subject=2 if ctx.quick else 4, vlr_sizes=(16,),
+                                        per_subject=2 if ctx.demo else 4, vlr_sizes=(16,),
                                         hr_size=hr_size, seed=0)
         train = PairedFaces.load(splits["train"], vlr_size=16, hr_size=hr_size)
         val = PairedFaces.load(splits["val"], vlr_size=16, hr_size=hr_size)
-        big = big_set(train, 32 if ctx.quick else 256)
+        big = big_set(train, 32 if ctx.demo else 256)
         settings = {**NETWORKS, "vlr_size": 16, "hr_size": hr_size, "width": 32, "depth": 4,
-                    "batch_size": 4 if ctx.quick else 16, "epochs": 2 if ctx.quick else 3,
-                    "warmup_epochs": 1, "early_stop_patience": 0, "monitor": OBJECTIVE,
+                    "batch_size": 4 if ctx.demo else 16, "epochs": 2 if ctx.demo else 3,
+                    "warmup_epochs": 1, "patience": 0, "monitor": OBJECTIVE,
                     "device": "cpu", "seed": 42}
         _INPUTS[ctx.workdir] = Inputs(train, val, big, settings)
     return _INPUTS[ctx.workdir]
@@ -259,8 +263,8 @@ def tune_run(ctx: Context, name: str, trials: int) -> dict[str, Any]:
 def _bare_epochs(settings: dict[str, Any], train: PairedFaces, val: PairedFaces,
                  out_dir: Path | None) -> list[float]:
     """Trainer.fit() as the train command runs it; the seconds between consecutive epoch ends."""
-    from tune_dsr.losses import load_loss_networks
-    from tune_dsr.trainer import Callback, Trainer
+    from tune_dsr.training.losses import load_loss_networks
+    from tune_dsr.training.trainer import Callback, Trainer
 
     marks: list[float] = []
 
@@ -280,10 +284,10 @@ def _bare_epochs(settings: dict[str, Any], train: PairedFaces, val: PairedFaces,
 
 def run_overhead(ctx: Context) -> PartResult:
     result = PartResult("overhead")
-    raylocal.ensure(warm=not ctx.quick)
+    raylocal.ensure(warm=not ctx.demo)
     data = inputs(ctx)
     settings = data.settings
-    rounds = 1 if ctx.quick else 2
+    rounds = 1 if ctx.demo else 2
     result.say(f"One training of {settings['epochs']} epochs ({len(data.train)} training and "
                f"{len(data.val)} validation pairs, 16 -> {settings['hr_size']}px, DSR "
                f"C{settings['width']} N{settings['depth']}, batch {settings['batch_size']}, 1 CPU "
@@ -353,9 +357,9 @@ def run_overhead(ctx: Context) -> PartResult:
 
 def run_memory(ctx: Context) -> PartResult:
     result = PartResult("memory")
-    raylocal.ensure(warm=not ctx.quick)
+    raylocal.ensure(warm=not ctx.demo)
     data = inputs(ctx)
-    many = 2 if ctx.quick else 4
+    many = 2 if ctx.demo else 4
     dataset_mib = _mib(data.big)
     result.say(f"Trials handed a {len(data.big):,}-pair set ({fmt(dataset_mib)} MiB of uint8 "
                f"tensors, 16 -> {data.settings['hr_size']}px) through the object store; each "

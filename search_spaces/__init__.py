@@ -153,9 +153,10 @@ class Preset:
         return "\n".join(lines)
 
 
-def _scratch_trial() -> optuna.trial.Trial:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+def _scratch_trial() -> _Lenient:
+    """A trial that answers every suggestion with a value inside its range: enough to read a
+    space's distributions and constants, with no Optuna study (which would log its creation)."""
+    return _Lenient({}, "")
 
 
 def _default_anchors(space: Callable[[Any], Any], guide: dict[str, Any]
@@ -286,7 +287,8 @@ class _Lenient(_ReplayTrial):
 
     def _answer(self, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
         self.distributions[name] = dist
-        return self.values.get(name, _inside(dist))
+        self.params[name] = self.values.get(name, _inside(dist))
+        return self.params[name]
 
 
 def _all_keys(space: Callable[[Any], Any]) -> set[str]:

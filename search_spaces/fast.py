@@ -31,4 +31,4 @@ def space(trial: Any) -> dict[str, Any]:
     trial.suggest_categorical("batch_size", [16, 20, 24, 32])
     trial.suggest_int("warmup_epochs", 1, 5)
     # The final run after the search stops early with the guide's patience for this preset.
-    return {**fixed, "early_stop_patience": 12}
+    return {**fixed, "patience": 12}

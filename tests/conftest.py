@@ -1,6 +1,6 @@
 """Shared fixtures: in-memory faces and a boring identity network for the unit tests; synthetic
 face files, the real (random) EdgeFace and VGG19, one Ray and one finished search for the
-integration tests."""
+integration tests. The constants and helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import BoringIdentityNet, memory_faces
+from tests.helpers import (
+    SEARCH_CONFIRM,
+    SEARCH_EPOCHS,
+    SEARCH_PATIENCE,
+    UNIT,
+    BoringIdentityNet,
+    memory_faces,
+    search_options,
+)
 from tune_dsr import demo
 from tune_dsr.config import Config
 
@@ -18,20 +26,6 @@ from tune_dsr.config import Config
 # a thread the other busy core has descheduled (a tiny epoch took 10x longer under load), and Ray
 # trials and subprocesses use the other core anyway.
 torch.set_num_threads(1)
-
-# The unit tests' run: 8 px -> 32 px faces in memory, a one-block DSR, the boring identity net.
-UNIT = {"vlr_size": 8, "hr_size": 32, "width": 8, "depth": 1, "batch_size": 4, "epochs": 2,
-        "warmup_epochs": 1, "lr": 1e-3, "device": "cpu"}
-# The integration tests' smallest run on synthetic face files (16 px -> 112 px), real networks.
-TINY = demo.TINY
-# The end-to-end searches run on 8 px -> 32 px synthetic faces (`search_root`): what they test
-# is Ray, Optuna and ASHA around real trainings, and at 32 px an epoch costs a tenth of one at
-# 112 px. The knobs they pin: a tiny DSR, and bicubic_residual on, since without it a new net
-# starts mid-grey and its first epochs look so bad that every later trial beats it, which would
-# leave ASHA nothing to stop.
-SEARCH_EPOCHS = 4
-SEARCH_PINS = {"width": 8, "depth": 1, "batch_size": 4, "bicubic_residual": True, "hr_size": 32}
-
 
 @pytest.fixture(scope="session")
 def memory_sets():
@@ -44,7 +38,7 @@ def memory_sets():
 @pytest.fixture(scope="session")
 def boring_nets():
     """(identity network, VGG19 trunk): the boring net and a random VGG (cheap at 32 px)."""
-    from tune_dsr.losses import build_vgg
+    from tune_dsr.training.losses import build_vgg
 
     torch.manual_seed(0)
     return BoringIdentityNet(), build_vgg("random")
@@ -57,7 +51,7 @@ def unit_config() -> Config:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("faces")
     make_synthetic_dataset(root, subjects=6, per_subject=2, vlr_sizes=(16,), seed=0)
@@ -67,7 +61,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic faces for the end-to-end searches: 8 px -> 32 px, 6 subjects x 2 images."""
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("search_faces")
     make_synthetic_dataset(root, subjects=6, per_subject=2, vlr_sizes=(8,), hr_size=32, seed=0)
@@ -75,24 +69,9 @@ def search_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sets(synthetic_root: Path):
-    from tune_dsr.data import PairedFaces
-
-    train = PairedFaces.load(synthetic_root / "train_processed", vlr_size=16)
-    val = PairedFaces.load(synthetic_root / "val_processed", vlr_size=16)
-    return train, val
-
-
-@pytest.fixture
-def tiny_config(synthetic_root: Path) -> Config:
-    return Config().replace(**TINY, train_dir=str(synthetic_root / "train_processed"),
-                            val_dir=str(synthetic_root / "val_processed"))
-
-
-@pytest.fixture(scope="session")
 def loss_nets():
     """The real networks (random weights): EdgeFace xxs and VGG19 up to relu4_4."""
-    from tune_dsr.losses import load_loss_networks
+    from tune_dsr.training.losses import load_loss_networks
 
     return load_loss_networks(demo.RANDOM_NETWORKS["edgeface"],
                               demo.RANDOM_NETWORKS["perceptual_weights"])
@@ -106,24 +85,6 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-def search_options(root: Path, **overrides: Any) -> Any:
-    """SearchOptions of a tiny recognition_first search on the synthetic faces under `root`
-    (`search_root`)."""
-    from tune_dsr.tuning import SearchOptions
-
-    values: dict[str, Any] = {
-        "space": "recognition_first", "train_dir": str(root / "train_processed"),
-        "val_dir": str(root / "val_processed"), **demo.RANDOM_NETWORKS, "pins": SEARCH_PINS,
-        "seed": 7, "confirm": 0}
-    return SearchOptions(**{**values, **overrides})
-
-
-# The shared search's patience, and its confirmation: the top two configurations, one new run
-# each.
-SEARCH_PATIENCE = 2
-SEARCH_CONFIRM = 2
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""Test helpers: a boring identity network, in-memory faces, and a search with poisoned trials."""
+"""Test helpers: the tests' small runs, a boring identity network, in-memory faces, the options of
+the end-to-end searches, and a search with poisoned trials."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +12,44 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tune_dsr import demo
 from tune_dsr.data import PairedFaces
+
+# The unit tests' run: 8 px -> 32 px faces in memory, a one-block DSR, the boring identity net.
+UNIT = {"vlr_size": 8, "hr_size": 32, "width": 8, "depth": 1, "batch_size": 4, "epochs": 2,
+        "warmup_epochs": 1, "lr": 1e-3, "device": "cpu"}
+# The end-to-end searches run on 8 px -> 32 px synthetic faces (`search_root`): what they test
+# is Ray, Optuna and ASHA around real trainings, and at 32 px an epoch costs a tenth of one at
+# 112 px. The knobs they pin: a tiny DSR, and bicubic_residual on, since without it a new net
+# starts mid-grey and its first epochs look so bad that every later trial beats it, which would
+# leave ASHA nothing to stop.
+SEARCH_EPOCHS = 4
+SEARCH_PINS = {"width": 8, "depth": 1, "batch_size": 4, "bicubic_residual": True, "hr_size": 32}
+
+# The shared search's patience, and its confirmation: the top two configurations, one new run
+# each.
+SEARCH_PATIENCE = 2
+SEARCH_CONFIRM = 2
+
+
+def search_options(root: Path, **overrides: Any) -> Any:
+    """SearchOptions of a tiny recognition_first search on the synthetic faces under `root`
+    (`search_root`)."""
+    from tune_dsr.tuning.service import SearchOptions
+
+    values: dict[str, Any] = {
+        "space": "recognition_first", "train_dir": str(root / "train_processed"),
+        "val_dir": str(root / "val_processed"), **demo.RANDOM_NETWORKS, "pins": SEARCH_PINS,
+        "seed": 7, "confirm": 0}
+    return SearchOptions(**{**values, **overrides})
+
+
+def as_flags(settings: dict[str, Any]) -> list[str]:
+    """Settings as ``--set KEY=VALUE`` flags, for the tests that run the command lines."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        flags += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return flags
 
 
 class BoringIdentityNet(nn.Module):
@@ -82,7 +121,7 @@ def make_poisoned(marker_dir: str, poison: dict[int, tuple[int, bool]],
         from ray import tune
 
         from tune_dsr.models.dsr import DSR
-        from tune_dsr.trainable import train_dsr
+        from tune_dsr.tuning.trainable import train_dsr
 
         if (spare_anchors and config.get("anchor")) or "confirms" in config:
             train_dsr(config, train_set, val_set, **kwargs)
@@ -136,8 +175,8 @@ def run_poisoned_search(storage: Path, markers: Path, options: Any,
     import optuna
     import ray.cloudpickle
 
-    from tune_dsr.analysis import load_trials
-    from tune_dsr.tuning import plan_search, run_search
+    from tune_dsr.tuning.analysis import load_trials
+    from tune_dsr.tuning.service import plan_search, run_search
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     plan = plan_search(dataclasses.replace(options, storage_path=str(storage)))

@@ -1,4 +1,4 @@
-"""`tune_dsr.analysis.load_experiment`: the Experiment API.
+"""`tune_dsr.tuning.analysis.load_experiment`: the Experiment API.
 
 Pure logic (ranking, the Pareto front, rungs, checkpoints, running and interrupted experiments,
 URIs, errors) runs on small experiment folders written by hand, without Ray. The `finished_search`
@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tune_dsr.analysis import (
+from tune_dsr.errors import ConfigError
+from tune_dsr.tuning.analysis import (
     asha_milestones,
     epochs_saved,
     load_experiment,
@@ -24,9 +25,8 @@ from tune_dsr.analysis import (
     trials_frame,
     unfinished_trials,
 )
-from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import BEST_FILE, SearchPlan
-from tune_dsr.export import best_config_document
+from tune_dsr.tuning.experiment import BEST_FILE, SearchPlan
+from tune_dsr.tuning.export import best_config_document
 
 PNG = b"\x89PNG\r\n\x1a\n"  # the signature is all the tests look at
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_dsr.augment import augment_pair
+from tune_dsr.training.augment import augment_pair
 
 
 def _smooth_pairs(batch: int, hr: int = 64, vlr: int = 16, seed: int = 0) -> tuple[torch.Tensor,

@@ -1,5 +1,5 @@
-"""The benchmark suite runs end to end (`python -m benchmarks.run --quick`) and ends with its
-ratio lines. No timing is asserted: --quick's numbers mean nothing."""
+"""The benchmark suite runs end to end (`python -m benchmarks.run --demo`) and ends with its
+ratio lines. No timing is asserted: --demo's numbers mean nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ PARTS_WITH_RATIOS = ("step", "search", "overhead", "memory")
 @pytest.mark.slow
 def test_quick_suite_runs_and_ends_with_ratio_lines() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--demo"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.rstrip("\n").splitlines()

@@ -12,16 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from tune_dsr.compare import comparison_grid, grid_size, main, pick_probes, save_grid
+from tune_dsr.compare import main
 from tune_dsr.config import Config
-from tune_dsr.models.dsr import DSR, save_dsr
+from tune_dsr.evaluation.grid import comparison_grid, grid_size, pick_probes, save_grid
+from tune_dsr.models.checkpoints import save_dsr
+from tune_dsr.models.dsr import DSR
 
 EDGEFACE = "random:edgeface_xxs"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("compare")
     # 20 subjects: 2 in test, 3 images each: 6 probes.
@@ -45,7 +47,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_grid_has_a_tile_per_probe_and_column(setup, capsys, tmp_path):
     out_png = tmp_path / "sub" / "grid.png"
-    code, out, err = run(capsys, "--dataset-root", str(setup["test"]), "--dsr", str(setup["a"]),
+    code, out, err = run(capsys, "--test-dir", str(setup["test"]), "--dsr", str(setup["a"]),
                          str(setup["b"]), "--edgeface", EDGEFACE, "--count", "4",
                          "--out", str(out_png), "--device", "cpu")
     assert code == 0, err
@@ -58,7 +60,7 @@ def test_grid_has_a_tile_per_probe_and_column(setup, capsys, tmp_path):
 
 @pytest.mark.parametrize("pick", ["worst", "best"])
 def test_pick_orders_by_the_first_dsrs_similarity(setup, capsys, tmp_path, pick):
-    code, out, _ = run(capsys, "--dataset-root", str(setup["test"]), "--dsr", str(setup["a"]),
+    code, out, _ = run(capsys, "--test-dir", str(setup["test"]), "--dsr", str(setup["a"]),
                        "--edgeface", EDGEFACE, "--count", "6", "--pick", pick,
                        "--out", str(tmp_path / "grid.png"), "--device", "cpu")
     assert code == 0
@@ -94,21 +96,21 @@ def test_library_grid_for_the_trainer(tmp_path):
 
 def test_bad_input_is_refused_before_any_work(setup, capsys, tmp_path):
     common = ["--edgeface", EDGEFACE, "--out", str(tmp_path / "g.png")]
-    code, _, err = run(capsys, "--dataset-root", str(setup["test"]), "--dsr",
+    code, _, err = run(capsys, "--test-dir", str(setup["test"]), "--dsr",
                        str(setup["vlr32"]), *common)
     assert code == 2 and "32x32" in err and "16x16" in err and "Traceback" not in err
-    code, _, err = run(capsys, "--dataset-root", str(setup["test"]), "--dsr", str(setup["a"]),
+    code, _, err = run(capsys, "--test-dir", str(setup["test"]), "--dsr", str(setup["a"]),
                        "--threshold", "-1.5", *common)
     assert code == 2 and "--threshold -1.5" in err
-    code, _, err = run(capsys, "--dataset-root", str(tmp_path / "none"), "--dsr",
+    code, _, err = run(capsys, "--test-dir", str(tmp_path / "none"), "--dsr",
                        str(setup["a"]), *common)
     assert code == 2 and "does not exist" in err
-    code, _, err = run(capsys, "--dataset-root", str(setup["test"]), "--dsr", str(setup["a"]),
+    code, _, err = run(capsys, "--test-dir", str(setup["test"]), "--dsr", str(setup["a"]),
                        "--count", "0", *common)
-    assert code == 2 and "--count 0" in err
+    assert code == 2 and "--count=0" in err
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    code, _, err = run(capsys, "--dataset-root", str(setup["test"]), "--dsr", str(text), *common)
+    code, _, err = run(capsys, "--test-dir", str(setup["test"]), "--dsr", str(text), *common)
     assert code == 2 and "not a PyTorch checkpoint" in err
     assert not (tmp_path / "g.png").exists()
 
@@ -119,7 +121,7 @@ def test_a_set_with_one_subject_is_refused(setup, capsys, tmp_path):
         (single / folder).mkdir(parents=True)
         first = sorted((setup["test"] / folder).iterdir())[0]
         shutil.copy(first, single / folder / first.name)
-    code, _, err = run(capsys, "--dataset-root", str(single), "--dsr", str(setup["a"]),
+    code, _, err = run(capsys, "--test-dir", str(single), "--dsr", str(setup["a"]),
                        "--edgeface", EDGEFACE, "--out", str(tmp_path / "g.png"))
     assert code == 2 and "at least two subjects" in err
 

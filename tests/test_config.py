@@ -13,7 +13,7 @@ def test_defaults_are_the_guides():
     assert (c.loss.lambda_l1, c.loss.lambda_perceptual, c.loss.lambda_identity,
             c.loss.lambda_feature_match, c.loss.lambda_tv) == (1.0, 0.02, 0.5, 0.15, 3e-6)
     assert (c.train.grad_clip, c.train.ema_decay, c.train.warmup_epochs,
-            c.train.early_stop_patience, c.train.seed) == (1.0, 0.999, 5, 20, 42)
+            c.train.patience, c.train.seed) == (1.0, 0.999, 5, 20, 42)
     assert c.loss.perceptual_layers == {"relu1_2": 0.4, "relu2_2": 0.3, "relu3_4": 0.2,
                                         "relu4_4": 0.1}
     assert c.model.vlr_size is None  # read off the data

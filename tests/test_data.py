@@ -14,7 +14,7 @@ from PIL import Image
 
 from tune_dsr.data import PairedFaces, check_split, find_vlr_dir, subject_of, to_float
 from tune_dsr.errors import DataError
-from tune_dsr.synth import make_synthetic_dataset
+from tune_dsr.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

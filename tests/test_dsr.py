@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tune_dsr.config import Config, ModelConfig
-from tune_dsr.models.dsr import DSR, load_dsr, save_dsr, upscale_factors
+from tune_dsr.models.checkpoints import load_dsr, save_dsr
+from tune_dsr.models.dsr import DSR, upscale_factors
 
 
 @pytest.mark.parametrize("vlr", [8, 14, 16, 24, 32, 56, 64])

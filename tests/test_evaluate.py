@@ -17,15 +17,18 @@ from torch import nn
 
 from tune_dsr.config import Config
 from tune_dsr.errors import CheckpointError
-from tune_dsr.evaluate import evaluate, load_dsrs, load_probe_set, main, resolve_split
-from tune_dsr.models.dsr import DSR, load_dsr, read_dsr_checkpoint, save_dsr
+from tune_dsr.evaluate import main
+from tune_dsr.evaluation.probes import load_dsrs, load_probe_set, resolve_split
+from tune_dsr.evaluation.protocols import evaluate
+from tune_dsr.models.checkpoints import load_dsr, read_dsr_checkpoint, save_dsr
+from tune_dsr.models.dsr import DSR
 
 EDGEFACE = "random:edgeface_xxs"
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("eval_faces")
     # 30 subjects: 24 train, 3 val, 3 test (2 images each): 6 probes, 27 distractors.
@@ -54,7 +57,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_tables_sweep_csv_and_default_distractors(root, checkpoints, capsys, tmp_path):
     table = tmp_path / "probes.csv"
-    code, out, err = run(capsys, "--dataset-root", str(root / "test_processed"),
+    code, out, err = run(capsys, "--test-dir", str(root / "test_processed"),
                          "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE,
                          "--sweep", "--csv", str(table), "--device", "cpu")
     assert code == 0, err
@@ -77,7 +80,7 @@ def test_tables_sweep_csv_and_default_distractors(root, checkpoints, capsys, tmp
 
 
 def test_json_two_recognisers_and_leave_one_out(root, checkpoints, capsys):
-    code, out, err = run(capsys, "--dataset-root", str(root / "test_processed"),
+    code, out, err = run(capsys, "--test-dir", str(root / "test_processed"),
                          "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE, EDGEFACE,
                          "--leave-one-out", "--json", "--device", "cpu", "--resamples", "200")
     assert code == 0, err
@@ -102,7 +105,7 @@ def test_json_two_recognisers_and_leave_one_out(root, checkpoints, capsys):
 
 
 def test_the_text_says_which_recogniser_is_held_out(root, checkpoints, capsys):
-    code, out, _ = run(capsys, "--dataset-root", str(root / "test_processed"),
+    code, out, _ = run(capsys, "--test-dir", str(root / "test_processed"),
                        "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE, EDGEFACE,
                        "--device", "cpu", "--resamples", "100")
     assert code == 0
@@ -113,14 +116,14 @@ def test_the_text_says_which_recogniser_is_held_out(root, checkpoints, capsys):
 def test_wide_protocol_skipped_without_distractors(root, checkpoints, capsys, tmp_path):
     alone = tmp_path / "alone"
     shutil.copytree(root / "test_processed", alone / "test_processed")
-    code, out, _ = run(capsys, "--dataset-root", str(alone), "--dsr", str(checkpoints["best"]),
+    code, out, _ = run(capsys, "--data-root", str(alone), "--dsr", str(checkpoints["best"]),
                        "--edgeface", EDGEFACE, "--device", "cpu", "--resamples", "100")
     assert code == 0
     assert "Wide protocol skipped" in out and "protocol wide" not in out
-    # An explicit --gallery-root brings it back.
-    code, out, _ = run(capsys, "--dataset-root", str(alone), "--dsr", str(checkpoints["best"]),
+    # An explicit --distractor-dir brings it back.
+    code, out, _ = run(capsys, "--data-root", str(alone), "--dsr", str(checkpoints["best"]),
                        "--edgeface", EDGEFACE, "--device", "cpu", "--resamples", "100",
-                       "--gallery-root", str(root / "val_processed"))
+                       "--distractor-dir", str(root / "val_processed"))
     assert code == 0 and "3 subjects + 3 distractor subjects" in out
 
 
@@ -132,7 +135,7 @@ def test_library_dsr_equal_to_bicubic_makes_no_difference(root):
 
     from tune_dsr.models.checkpoints import load_edgeface
 
-    data = load_probe_set(resolve_split(root / "test_processed"), vlr_size=16)
+    data = load_probe_set(resolve_split(test_dir=root / "test_processed"), vlr_size=16)
     report = evaluate(data, {"same": Bicubic()}, {"r": load_edgeface(EDGEFACE)},
                       resamples=200, per_probe=True)
     same = report["results"][0]["methods"]["same"]
@@ -189,30 +192,30 @@ def refused(capsys, *argv: str) -> str:
 
 
 def test_missing_and_empty_dataset_root(checkpoints, capsys, tmp_path):
-    err = refused(capsys, "--dataset-root", str(tmp_path / "nowhere"),
+    err = refused(capsys, "--test-dir", str(tmp_path / "nowhere"),
                   "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE)
     assert "nowhere" in err and "does not exist" in err
     (tmp_path / "empty").mkdir()
-    err = refused(capsys, "--dataset-root", str(tmp_path / "empty"),
+    err = refused(capsys, "--test-dir", str(tmp_path / "empty"),
                   "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE)
     assert "empty" in err
 
 
 def test_checkpoint_for_another_vlr_size(root, checkpoints, capsys):
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(checkpoints["vlr32"]), "--edgeface", EDGEFACE)
     assert "vlr32.pt" in err and "32x32" in err and "16x16" in err
 
 
 def test_not_a_checkpoint(root, checkpoints, capsys, tmp_path):
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(checkpoints["text"]), "--edgeface", EDGEFACE)
     assert "notes.txt" in err and "not a PyTorch checkpoint" in err
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(tmp_path / "other.pt"), "--edgeface", EDGEFACE)
     assert "other.pt" in err and "not a tune_dsr DSR checkpoint" in err
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(tmp_path / "missing.pt"), "--edgeface", EDGEFACE)
     assert "missing.pt" in err and "does not exist" in err
 
@@ -237,7 +240,7 @@ def test_malicious_pickle_is_never_run(root, capsys, tmp_path, save):
     document = {"format": "tune_dsr.dsr/1", "config": config.to_dict(),
                 "model_state_dict": DSR(config.model).state_dict(), "hook": Payload(marker)}
     save(document, evil)
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"), "--dsr", str(evil),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"), "--dsr", str(evil),
                   "--edgeface", EDGEFACE)
     assert not marker.exists()
     assert "evil.pt" in err and "refusing to unpickle" in err and "open" in err
@@ -251,27 +254,27 @@ def test_unreadable_edgeface(root, checkpoints, capsys, tmp_path):
     torch.save(build_edgeface("edgeface_xxs").state_dict(), whole)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(checkpoints["best"]), "--edgeface", str(truncated))
     assert "truncated.pt" in err and "EdgeFace" in err
 
 
 def test_threshold_outside_the_cosine_range(root, checkpoints, capsys):
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE, "--threshold", "1.5")
     assert "--threshold 1.5" in err and "[-1, 1]" in err
 
 
 def test_distractors_that_share_the_probes_subjects(root, checkpoints, capsys):
-    err = refused(capsys, "--dataset-root", str(root / "test_processed"),
+    err = refused(capsys, "--test-dir", str(root / "test_processed"),
                   "--dsr", str(checkpoints["best"]), "--edgeface", EDGEFACE,
-                  "--gallery-root", str(root / "test_processed"))
+                  "--distractor-dir", str(root / "test_processed"))
     assert "distractors must be other identities" in err
 
 
 def test_debug_shows_the_exception(root, checkpoints):
     with pytest.raises(CheckpointError, match="32x32"):
-        main(["--dataset-root", str(root / "test_processed"), "--dsr", str(checkpoints["vlr32"]),
+        main(["--test-dir", str(root / "test_processed"), "--dsr", str(checkpoints["vlr32"]),
               "--edgeface", EDGEFACE, "--debug"])
 
 

@@ -11,7 +11,12 @@ import torch.nn.functional as F
 
 from tests.helpers import memory_faces
 from tune_dsr.data import PairedFaces
-from tune_dsr.gallery import ValidationGallery, bicubic_upscale, paired_half_width, soft_rank1
+from tune_dsr.training.validation import (
+    ValidationGallery,
+    bicubic_upscale,
+    paired_half_width,
+    soft_rank1,
+)
 
 DIM = 8
 VAL_SUBJECTS, TRAIN_SUBJECTS = ["0100", "0101"], ["0000", "0001", "0002"]
@@ -109,7 +114,7 @@ def test_a_subject_in_both_splits_is_not_a_distractor(memory_sets, boring_nets, 
     train, val = memory_sets
     leaky = memory_faces([*train.unique_subjects, val.unique_subjects[0]], 3, seed=0)
     identity_net, _ = boring_nets
-    with caplog.at_level(logging.WARNING, logger="tune_dsr.gallery"):
+    with caplog.at_level(logging.WARNING, logger="tune_dsr.training.validation"):
         gallery = ValidationGallery.build(_embed_with(identity_net), leaky, val, 0.35,
                                           torch.device("cpu"))
     assert gallery.distractors == len(train.unique_subjects)  # the shared subject left out

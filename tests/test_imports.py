@@ -64,8 +64,28 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert {"tune_dsr.trainer", "tune_dsr.tuning", "tune_dsr.experiment"} <= set(graph)
+    assert {"tune_dsr.training.trainer", "tune_dsr.tuning.service",
+            "tune_dsr.tuning.experiment"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_no_library_module_imports_a_command_line():
+    """The CLIs are thin shells over the library; the library never reaches back into one."""
+    clis = {f"tune_dsr.{cli}" for cli in CLIS} | {"tune_dsr.cli"}
+    graph = import_graph()
+    assert clis <= set(graph)
+    reaching = {module: sorted(graph[module] & clis) for module in graph
+                if module not in clis and graph[module] & clis}
+    assert reaching == {}
+
+
+def test_the_front_door_names_what_exists():
+    import tune_dsr
+
+    for name in tune_dsr.__all__:
+        assert getattr(tune_dsr, name) is not None, name
+    with pytest.raises(AttributeError):
+        tune_dsr.no_such_thing  # noqa: B018
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -106,7 +126,7 @@ def test_help_answers_without_torch_or_ray(cli):
     ("search", ["--gpus", "lots"]),
     ("search", ["--list-spaces"]),
     ("export", []),
-    ("evaluate", ["--dataset-root", "x"]),
+    ("evaluate", ["--test-dir", "x"]),
     ("compare", ["--out", "x.png"]),
     ("synth", ["--subjects", "x", "--out", "y"]),
 ])

@@ -6,8 +6,8 @@ import torch
 
 from tune_dsr.config import LossConfig, ModelConfig
 from tune_dsr.errors import PerceptualWeightsError
-from tune_dsr.losses import TERMS, DSRLoss, Perceptual, build_vgg, total_variation
 from tune_dsr.models.dsr import DSR
+from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual, build_vgg, total_variation
 
 
 class CountingCalls(torch.nn.Module):

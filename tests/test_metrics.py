@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tune_dsr.metrics import psnr, psnr_y, ssim
+from tune_dsr.quality import psnr, psnr_y, ssim
 
 
 def test_psnr_and_ssim_values():

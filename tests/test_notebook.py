@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tune_dsr.experiment import BEST_FILE
+from tune_dsr.tuning.experiment import BEST_FILE
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_search.ipynb"
 
@@ -59,7 +59,7 @@ def test_analysis_notebook_runs_on_the_search(finished_search: dict[str, Any],
     assert f"python -m tune_dsr.export {experiment} --out best.json" in text
     best_model = experiment / Path(best["best_model"]).parent.name / "best.pt"
     test_split = Path(finished_search["plan"].base["train_dir"]).parent / "test_processed"
-    arguments = f"--dataset-root {test_split} --dsr {best_model} --edgeface random:edgeface_xxs"
+    arguments = f"--test-dir {test_split} --dsr {best_model} --edgeface random:edgeface_xxs"
     assert f"python -m tune_dsr.evaluate {arguments} --sweep" in text
     assert f"python -m tune_dsr.compare {arguments} --out grid.png" in text
     assert "trial_ids" in text  # the rung table

@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from tune_dsr import optuna_asha
-from tune_dsr.optuna_asha import (
+from tune_dsr.tuning import optuna_asha
+from tune_dsr.tuning.optuna_asha import (
     AshaStateCallback,
     PrivateApiChanged,
     PruneAwareOptunaSearch,

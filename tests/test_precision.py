@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from tune_dsr import hardware
 from tune_dsr.config import LossConfig, ModelConfig
-from tune_dsr.losses import TERMS, DSRLoss, Perceptual
 from tune_dsr.models.dsr import DSR
+from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual
 
 CHANNELS_LAST_TERMS_RTOL = 1e-5
 CHANNELS_LAST_GRAD_RTOL = 1e-5  # of the gradient's largest entry

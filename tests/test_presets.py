@@ -37,7 +37,7 @@ def test_guide_values_per_preset():
     assert fast.first_config()["batch_size"] == 20
     assert (fast.max_epochs, fast.grace_period, fast.metric, fast.mode) == (
         60, 12, "val_score", "max")
-    assert fast.constants()["early_stop_patience"] == 12
+    assert fast.constants()["patience"] == 12
 
 
 def test_log_scales_where_values_span_decades():

@@ -16,18 +16,18 @@ import optuna
 import pytest
 
 from search_spaces import load_preset
-from tests.conftest import (
+from tests.helpers import (
     SEARCH_CONFIRM,
     SEARCH_EPOCHS,
     SEARCH_PATIENCE,
     SEARCH_PINS,
+    run_poisoned_search,
     search_options,
 )
-from tests.helpers import run_poisoned_search
 from tune_dsr import train as train_cli
-from tune_dsr.analysis import load_experiment, load_trials
 from tune_dsr.config import Config
-from tune_dsr.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
+from tune_dsr.tuning.analysis import load_experiment, load_trials
+from tune_dsr.tuning.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +168,7 @@ def test_best_config_written_exported_and_trained(finished_search, tmp_path, cap
     assert 0 <= exported["metrics"]["val_accuracy"] <= exported["metrics"]["val_rank1"] <= 1
     config = Config.from_json(out)
     # The final run keeps the epoch the search would have picked, with the guide's patience.
-    assert config.train.monitor == "val_margin" and config.train.early_stop_patience == 20
+    assert config.train.monitor == "val_margin" and config.train.patience == 20
     assert config.train.epochs == MAX_EPOCHS and config.model.vlr_size == 8
     assert config.model.width == 8 and config.data.train_dir.endswith("train_processed")
     assert config.loss.lambda_identity == winner.config["lambda_identity"]

@@ -16,16 +16,16 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import SEARCH_PINS
+from tests.helpers import SEARCH_PINS, as_flags
 from tune_dsr import demo
 from tune_dsr import search as search_cli
-from tune_dsr.analysis import load_experiment, load_trials
-from tune_dsr.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
+from tune_dsr.tuning.analysis import load_experiment, load_trials
+from tune_dsr.tuning.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],
         "--perceptual-weights", demo.RANDOM_NETWORKS["perceptual_weights"],
-        *demo.as_flags(SEARCH_PINS)]
+        *as_flags(SEARCH_PINS)]
 def subprocess_env() -> dict[str, str]:
     """A search run as its own process: one torch thread, as in the trials (see conftest).
     Read at call time: it must carry what the session's Ray put in the environment (its
@@ -109,7 +109,7 @@ def test_storage_path_that_cannot_be_written(ray_session, search_root, tmp_path,
 
 
 def test_storage_check_finds_the_path_shared_on_one_node(ray_session, tmp_path):
-    from tune_dsr.optuna_asha import check_storage_reachable
+    from tune_dsr.tuning.optuna_asha import check_storage_reachable
 
     assert check_storage_reachable(str(tmp_path / "shared")) == []
     assert list((tmp_path / "shared").iterdir()) == []  # the marker is cleaned up

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tune_dsr.synth import SPLITS, SynthError, make_synthetic_dataset
+from tune_dsr.synthetic import SPLITS, SynthError, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_cli_bad_arguments(tmp_path: Path, args: list[str], needle: str) -> None
     result = _cli("--out", str(tmp_path / "out"), *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "usage:" in result.stderr and needle in result.stderr
+    assert "error:" in result.stderr and needle in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -67,7 +67,7 @@ def test_vlr_size_comes_from_the_data_and_resume_goes_on(synthetic_root, tmp_pat
     assert Config.from_json(out_dir / "config.json").model.vlr_size == 16
     # A size the data does not have is refused, naming the sizes it has.
     code, out, err = run_main([*common, "--epochs", "1", "--vlr-size", "32"], capsys)
-    assert code == 2 and "vlr_images_32x32" in err and "vlr_size=16" in err
+    assert code == 2 and "vlr_images_32x32" in err and "--vlr-size=16" in err
     code, out, err = run_main([*common, "--epochs", "2", "--resume"], capsys)
     assert code == 0, err
     assert "Epoch 002" in out and "Epoch 001" not in out
@@ -85,7 +85,10 @@ def assert_refused(argv: list[str], words: list[str], tmp_path: Path, capsys) ->
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--batch-size", "0"], ["batch_size=0", "[1, 65536]"]),
+    (["--batch-size", "0"], ["--batch-size=0", "[1, 65536]"]),
+    (["--seed", "-1"], ["--seed=-1"]),
+    (["--max-images", "-2"], ["--max-images=-2"]),
+    (["--out", "{tmp}/file.txt/run"], ["--out", "file.txt"]),
     (["--edgeface", "{tmp}/edgeface_finetuned.pth"], ["edgeface_finetuned.pth"]),
     (["--resume"], ["last.pt does not exist"]),
     # VGG19 ImageNet weights not in the (empty) hub cache, and nothing can be downloaded.
@@ -96,6 +99,7 @@ def assert_refused(argv: list[str], words: list[str], tmp_path: Path, capsys) ->
 def test_bad_flag_is_one_paragraph_and_exit_2(extra, words, synthetic_root, tmp_path, capsys,
                                               monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+    (tmp_path / "file.txt").write_text("not a folder")
     argv = ["--data-root", str(synthetic_root), *RANDOM_NETS, "--out", str(tmp_path / "out"),
             *(item.format(tmp=tmp_path) for item in extra)]
     assert_refused(argv, words, tmp_path, capsys)

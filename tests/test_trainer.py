@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tune_dsr.config import METRICS, Config
-from tune_dsr.errors import ConfigError
-from tune_dsr.models.dsr import load_dsr
-from tune_dsr.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
+from tune_dsr.errors import CheckpointError, ConfigError
+from tune_dsr.models.checkpoints import load_dsr
+from tune_dsr.training.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 
 EXPECTED_KEYS = {
     *METRICS, "epoch", "lr", "train_loss", "images_per_s", "epoch_seconds", "train_psnr",
@@ -118,7 +118,7 @@ def test_resume_continues_exactly(unit_config, memory_sets, boring_nets, tmp_pat
 
 def test_early_stopping_with_patience_and_off(unit_config, memory_sets, boring_nets):
     # lr 0 after warm-up: nothing improves, so patience 1 stops after epoch 2.
-    config = unit_config.replace(epochs=5, early_stop_patience=1, monitor="val_loss",
+    config = unit_config.replace(epochs=5, patience=1, monitor="val_loss",
                                  warmup_epochs=0, lr=1e-9)
     recorder = Recorder()
     result = _trainer(config, memory_sets, boring_nets, callbacks=[recorder]).fit()
@@ -132,7 +132,7 @@ def test_early_stopping_with_patience_and_off(unit_config, memory_sets, boring_n
         new_best = epoch == 0 or best[epoch] != best[epoch - 1]
         assert (since[epoch] == 0) == new_best
         assert since[epoch] == 0 or since[epoch] == since[epoch - 1] + 1
-    result = _trainer(config.replace(early_stop_patience=0, epochs=3), memory_sets,
+    result = _trainer(config.replace(patience=0, epochs=3), memory_sets,
                       boring_nets).fit()
     assert not result.stopped_early and result.epochs_run == 3
 
@@ -160,7 +160,7 @@ def test_resume_refuses_other_model_and_best_pt(unit_config, memory_sets, boring
     other = _trainer(unit_config.replace(width=12), memory_sets, boring_nets)
     with pytest.raises(ConfigError, match=r"model config"):
         other.load_state(tmp_path / "last.pt")
-    with pytest.raises(ConfigError, match=r"best\.pt cannot be resumed"):
+    with pytest.raises(CheckpointError, match=r"best\.pt cannot be resumed"):
         other.load_state(tmp_path / "best.pt")
 
 

@@ -1,15 +1,40 @@
-"""What every tune_dsr command line shares: logging set-up and the "bad input" exit path."""
+"""What every tune_dsr command line shares: one flag vocabulary, logging set-up, output checks
+and the one "bad input" exit path.
+
+A flag is its setting's name with dashes (``--max-images`` sets ``max_images``) on every command
+that has it; the library's errors name settings (``max_images=-1``) and `run_cli` shows them as
+the flags the user typed (``--max-images=-1``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tune_dsr.errors import USER_ERRORS, ConfigError
+
+__all__ = [
+    "add_data_flags",
+    "add_debug_flag",
+    "add_demo_flag",
+    "add_device_flag",
+    "add_max_images_flag",
+    "add_probe_flags",
+    "add_seed_flag",
+    "add_set_flag",
+    "check_at_least",
+    "check_writable_dir",
+    "check_writable_file",
+    "parse_settings",
+    "run_cli",
+]
 
 
 def setup_logging(debug: bool) -> None:
@@ -17,23 +42,46 @@ def setup_logging(debug: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+# ----------------------------------------------------------------------------- the vocabulary
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks and debug logging")
 
 
-def add_set_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"{what} (JSON value, e.g. --set width=64 --set "
-                             "perceptual_layers='{\"relu1_2\": 1}'); repeatable")
+def add_demo_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--demo", action="store_true", help=what)
+
+
+def add_seed_flag(parser: argparse.ArgumentParser, what: str, default: int | None) -> None:
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument("--seed", type=int, default=default, help=f"{what}{shown}")
+
+
+def add_data_flags(parser: argparse.ArgumentParser, *splits: str) -> None:
+    """``--data-root`` (a root holding ``<split>_processed/`` for each of `splits`) or one
+    ``--<split>-dir`` per split (a split folder: ``hr_images/`` and ``vlr_images*/``)."""
+    folders = " and ".join(f"{split}_processed/" for split in splits)
+    parser.add_argument("--data-root", metavar="DATA", help=f"a data root that holds {folders}")
+    for split in splits:
+        parser.add_argument(f"--{split}-dir", metavar="DIR",
+                            help=f"the {split} split folder, with hr_images/ and vlr_images*/ "
+                                 "(instead of --data-root)")
+
+
+def add_max_images_flag(parser: argparse.ArgumentParser, what: str = "pairs per split") -> None:
+    parser.add_argument("--max-images", type=int, default=None,
+                        help=f"use at most N {what}, evenly spaced over the names (default: all)")
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
 def add_probe_flags(parser: argparse.ArgumentParser, *, held_out_recognisers: bool) -> None:
     """The flags `evaluate` and `compare` share: the probes, the DSRs, the recogniser(s), the
     threshold and where and how to run."""
-    parser.add_argument("--dataset-root", required=True,
-                        help="the probes: a split folder with hr_images/ and vlr_images*/ (e.g. "
-                             "DATA/test_processed), or a data root that holds test_processed/")
+    add_data_flags(parser, "test")
     parser.add_argument("--dsr", action="extend", nargs="+", required=True, metavar="PATH",
                         help="DSR checkpoint: best.pt, last.pt, or a Tune trial checkpoint "
                              "folder (or its state.pt); several give several methods (EMA "
@@ -50,12 +98,24 @@ def add_probe_flags(parser: argparse.ArgumentParser, *, held_out_recognisers: bo
     parser.add_argument("--threshold", type=float, default=0.35,
                         help="cosine similarity below which the answer is 'unknown', in [-1, 1] "
                              "(default: the guide's 0.35)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (default auto)")
+    add_device_flag(parser)
     parser.add_argument("--batch-size", type=int, default=32,
                         help="probes per batch (default 32)")
-    parser.add_argument("--max-images", type=int, default=0,
-                        help="use at most N probes, evenly spaced over the names (0: all)")
+    add_max_images_flag(parser, "probes")
+
+
+def check_at_least(args: argparse.Namespace, **lowest: int) -> None:
+    """Refuse integer flags below their lowest allowed value (``batch_size=1``...)."""
+    for name, low in lowest.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ConfigError(f"{name}={value} is too small: it must be at least {low}")
+
+
+def add_set_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"{what} (JSON value, e.g. --set width=64 --set "
+                             "perceptual_layers='{\"relu1_2\": 1}'); repeatable")
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -73,9 +133,50 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     return settings
 
 
+# ----------------------------------------------------------------------------- outputs
+
+def check_writable_file(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a place
+    where no file can be created. Creates nothing."""
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        raise ConfigError(f"{flag} {target} is a folder; give a file name to write, e.g. "
+                          f"{target / 'out'}{Path(str(path)).suffix or '.json'}")
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
+                          "folder; give a path under a folder you can write to")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ConfigError(f"{flag} {target} exists and is read-only; give another path")
+    return target
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be created or written to."""
+    target = Path(path).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {target} is a file; give a folder to write into")
+    folder = next((p for p in (target, *target.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
+                          "folder; give a path under a folder you can write to")
+    return target
+
+
+# ----------------------------------------------------------------------------- running
+
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """The library names settings (``max_images=-1``); show them as this command's flags."""
+    for action in parser._actions:  # argparse's public API lists no actions
+        long = next((s for s in action.option_strings if s.startswith("--")), None)
+        if long and action.dest not in ("help", "debug"):
+            message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}=", f"{long}=", message)
+    return message
+
+
 def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
             argv: Sequence[str] | None = None) -> int:
-    """Parse, set up logging, run `body`; bad input prints one paragraph and exits non-zero."""
+    """Parse, set up logging, run `body`; bad input prints one paragraph and exits 2."""
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     try:
@@ -86,7 +187,7 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace]
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_as_flags(str(exc), parser)}", file=sys.stderr)
         print(f"(run `{parser.prog} --help` for usage, or add --debug for the traceback)",
               file=sys.stderr)
         return 2

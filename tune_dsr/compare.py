@@ -1,186 +1,31 @@
-"""Side-by-side faces: VLR, bicubic, each DSR and HR for a few probes, as one PNG grid.
+"""``python -m tune_dsr.compare``: VLR, bicubic, each DSR and HR side by side for a few probes,
+as one PNG grid.
 
-``python -m tune_dsr.compare --dataset-root DATA/test_processed --dsr runs/a/best.pt
---edgeface edgeface_finetuned.pth --count 8 --pick worst --out grid.png``
+    python -m tune_dsr.compare --data-root DATA --dsr runs/a/best.pt \
+        --edgeface edgeface_finetuned.pth --count 8 --pick worst --out grid.png
 
-A row per probe; columns: the VLR input (nearest-neighbour enlarged, so its pixels show), bicubic,
-each DSR, and HR. Under each tile: PSNR against HR, the cosine similarity of its EdgeFace
-embedding to the HR face's, and the subject it is identified as (gallery: each subject's mean HR
-embedding; "unknown" below the threshold) with a green tick or a red cross. ``--pick worst`` /
-``best`` shows the probes where the first DSR's face is least / most similar to HR.
-
-`comparison_grid` is the library function (the trainer draws fixed validation probes with it at
-each new best epoch); `save_grid` writes it. torch is imported inside functions only, so
-``--help`` answers at once.
+``--pick worst`` / ``best`` shows the probes where the first DSR's face is least / most similar
+to HR. The grid is drawn by `tune_dsr.evaluation.grid`; torch is imported only after the
+arguments are parsed, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from tune_dsr.cli import add_debug_flag, add_probe_flags, run_cli
-from tune_dsr.errors import ConfigError
+from tune_dsr.cli import (
+    add_debug_flag,
+    add_probe_flags,
+    add_seed_flag,
+    check_at_least,
+    check_writable_file,
+    run_cli,
+)
 
-if TYPE_CHECKING:
-    from PIL import Image, ImageDraw, ImageFont
-    from torch import Tensor, nn
+__all__ = ["build_parser", "main"]
 
-__all__ = ["comparison_grid", "grid_size", "main", "pick_probes", "save_grid"]
-
-logger = logging.getLogger("tune_dsr.compare")
-
-PICKS = ("random", "worst", "best")
-GAP = 2  # pixels between tiles
-HEADER = 14  # the column titles
-LINE = 12  # one line of label text (PIL's default font is 10 px)
-LABEL_LINES = 3
-BACKGROUND, INK = (255, 255, 255), (20, 20, 20)
-GOOD, BAD = (0, 140, 0), (200, 0, 0)
-
-
-def grid_size(rows: int, columns: int, tile: int = 112) -> tuple[int, int]:
-    """(width, height) in pixels of a grid of `rows` × `columns` tiles of `tile` px."""
-    width = columns * tile + (columns + 1) * GAP
-    height = HEADER + rows * (tile + LABEL_LINES * LINE) + (rows + 1) * GAP
-    return width, height
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-         width: int) -> str:
-    """`text` cut (with "…" → "..") to fit `width` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "..", font=font) > width:
-        text = text[:-1]
-    return text + ".."
-
-
-def _mark(draw: ImageDraw.ImageDraw, x: int, y: int, ok: bool) -> None:
-    """A drawn tick or cross, 9 px: legible whatever glyphs the default font has."""
-    if ok:
-        draw.line([(x, y + 5), (x + 3, y + 8), (x + 9, y + 1)], fill=GOOD, width=2)
-    else:
-        draw.line([(x + 1, y + 1), (x + 8, y + 8)], fill=BAD, width=2)
-        draw.line([(x + 1, y + 8), (x + 8, y + 1)], fill=BAD, width=2)
-
-
-def _to_pil(image: Tensor) -> Image.Image:
-    from PIL import Image
-
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().byte().cpu()
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
-
-
-def comparison_grid(vlr: Tensor, hr: Tensor, columns: Mapping[str, Tensor], identity_net: nn.Module,
-                    gallery: Tensor, subject_names: Sequence[str], labels: Tensor, *,
-                    threshold: float = 0.35, probe_names: Sequence[str] | None = None
-                    ) -> Image.Image:
-    """A PIL image: a row per probe; columns VLR (nearest-neighbour enlarged), `columns` (name →
-    faces, e.g. {"bicubic": ..., "DSR": ...}) in order, and HR.
-
-    All images are float tensors in [0, 1]: `vlr` [N,3,s,s], `hr` and each column [N,3,H,H].
-    `identity_net` (EdgeFace: images → (embedding, activations)) embeds every tile; `gallery`
-    [C, D] holds one L2-normalised row per subject named by `subject_names`, and `labels` [N]
-    gives each probe's gallery row. Each tile is labelled with its PSNR against HR, the cosine
-    similarity of its embedding to the HR face's, and the subject it is identified as ("unknown"
-    below `threshold`) with a tick (right) or a cross. Runs under ``torch.no_grad()``.
-    """
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image, ImageDraw, ImageFont
-
-    from tune_dsr.metrics import psnr
-
-    count, size = hr.shape[0], hr.shape[-1]
-    if vlr.shape[0] != count or labels.numel() != count or any(
-            c.shape != hr.shape for c in columns.values()):
-        shapes = {k: tuple(v.shape) for k, v in columns.items()}
-        raise ValueError(f"vlr {tuple(vlr.shape)}, hr {tuple(hr.shape)}, columns {shapes} and "
-                         f"{labels.numel()} labels must describe the same probes, with columns "
-                         "shaped like hr")
-    if gallery.shape[0] != len(subject_names):
-        raise ValueError(f"{gallery.shape[0]} gallery rows for {len(subject_names)} names")
-    try:
-        device = next(identity_net.parameters()).device
-    except StopIteration:
-        device = hr.device
-    enlarged = F.interpolate(vlr.float(), size=(size, size), mode="nearest")
-    tiles = {f"VLR {vlr.shape[-1]}px": enlarged, **columns, "HR": hr}
-    unit_gallery = F.normalize(gallery.float(), dim=1).to(device)
-    with torch.no_grad():
-        hr_embedding = F.normalize(identity_net(hr.float().to(device))[0].float(), dim=1)
-        stats = {}
-        for name, images in tiles.items():
-            images = images.float().to(device)
-            embedding = F.normalize(identity_net(images)[0].float(), dim=1)
-            best, predicted = (embedding @ unit_gallery.T).max(dim=1)
-            stats[name] = {"psnr": psnr(images, hr.float().to(device)).cpu().tolist(),
-                           "cos": (embedding * hr_embedding).sum(1).cpu().tolist(),
-                           "best": best.cpu().tolist(), "predicted": predicted.cpu().tolist()}
-
-    width, height = grid_size(count, len(tiles), size)
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    truth = labels.flatten().tolist()
-    for col, (name, images) in enumerate(tiles.items()):
-        x = GAP + col * (size + GAP)
-        draw.text((x + 1, 1), _fit(draw, name, font, size - 2), fill=INK, font=font)
-        for row in range(count):
-            y = HEADER + GAP + row * (size + LABEL_LINES * LINE + GAP)
-            canvas.paste(_to_pil(images[row]), (x, y))
-            s = {key: value[row] for key, value in stats[name].items()}
-            known = s["best"] >= threshold
-            answer = subject_names[s["predicted"]] if known else "unknown"
-            right = known and s["predicted"] == truth[row]
-            first = (f"{probe_names[row]}" if probe_names is not None and col == 0
-                     else f"PSNR {s['psnr']:.2f} dB" if name != "HR" else "HR (target)")
-            lines = [first, f"cos to HR {s['cos']:.3f}"]
-            top = y + size + 1
-            for i, text in enumerate(lines):
-                draw.text((x + 1, top + i * LINE), _fit(draw, text, font, size - 2), fill=INK,
-                          font=font)
-            third = top + 2 * LINE
-            _mark(draw, x + 1, third + 1, right)
-            draw.text((x + 13, third), _fit(draw, f"{answer} {s['best']:.2f}", font, size - 14),
-                      fill=GOOD if right else BAD, font=font)
-    return canvas
-
-
-def save_grid(image: Image.Image, path: str | Path) -> Path:
-    """Write `image` as a PNG (whatever the suffix), creating the folder; atomic (write then
-    rename), so a reader never sees half a file. Returns the resolved path."""
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
-
-
-def pick_probes(similarity: Sequence[float] | None, count: int, pick: str, total: int,
-                seed: int = 0) -> list[int]:
-    """Indices of the probes to show: ``worst`` / ``best`` by `similarity` (lowest / highest
-    first; ties by index), ``random`` a seeded sample in index order."""
-    import random
-
-    count = min(count, total)
-    if pick == "random":
-        return sorted(random.Random(seed).sample(range(total), count))
-    if similarity is None or len(similarity) != total:
-        raise ValueError(f"pick={pick!r} needs one similarity per probe")
-    order = sorted(range(total), key=lambda i: (similarity[i] if pick == "worst"
-                                                else -similarity[i], i))
-    return order[:count]
-
-
-# ============================================================================= command line
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -189,73 +34,43 @@ def build_parser() -> argparse.ArgumentParser:
                     "with PSNR, similarity to HR and the identified subject, as a PNG grid.")
     add_probe_flags(p, held_out_recognisers=False)
     p.add_argument("--count", type=int, default=8, help="probes (rows) to show (default 8)")
-    p.add_argument("--pick", choices=PICKS, default="random",
+    p.add_argument("--pick", choices=("random", "worst", "best"), default="random",
                    help="which probes: random (seeded), worst or best by the first DSR's "
                         "similarity to HR (default random)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --pick random (default 0)")
+    add_seed_flag(p, "seed for --pick random", 0)
     p.add_argument("--out", required=True, help="the PNG file to write")
     add_debug_flag(p)
     return p
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from tune_dsr.evaluate import (
-        check_threshold,
+    from tune_dsr.evaluation.grid import probe_grid, save_grid
+    from tune_dsr.evaluation.probes import (
         load_dsrs,
         load_probe_set,
         load_recognisers,
-        resolve_device,
         resolve_split,
     )
+    from tune_dsr.evaluation.protocols import check_threshold
+    from tune_dsr.hardware import resolve_device
 
     check_threshold(args.threshold)
-    for flag, value, low in (("--count", args.count, 1), ("--batch-size", args.batch_size, 1),
-                             ("--max-images", args.max_images, 0)):
-        if value < low:
-            raise ConfigError(f"{flag} {value} is too small: it must be at least {low}")
-    split = resolve_split(args.dataset_root)
-    device = resolve_device(args.device)
+    check_at_least(args, count=1, batch_size=1, max_images=0)
+    check_writable_file(args.out, "--out")
+    split = resolve_split(args.data_root, args.test_dir)
+    device = resolve_device(args.device or "auto")
     dsrs = load_dsrs(args.dsr, device)
-    data = load_probe_set(split, dsrs, max_images=args.max_images)
+    data = load_probe_set(split, dsrs, max_images=args.max_images or 0)
     identity_net = next(iter(load_recognisers([args.edgeface], device).values()))
 
-    import torch
-    import torch.nn.functional as F
-
-    from tune_dsr.data import to_float
-    from tune_dsr.recognition import gallery_means
-
-    # The gallery (every probe's HR face) and, for worst/best, the first DSR's similarity to HR.
-    hr_embeddings, similarity = [], []
-    with torch.no_grad():
-        for index in torch.arange(len(data)).split(args.batch_size):
-            hr = to_float(data.hr[index].to(device))
-            hr_embedding = identity_net(hr)[0].float()
-            hr_embeddings.append(hr_embedding.cpu())
-            if args.pick != "random":
-                sr = dsrs[0].model(to_float(data.vlr[index].to(device)))
-                sr_embedding = identity_net(sr)[0].float()
-                similarity.append(F.cosine_similarity(sr_embedding, hr_embedding).cpu())
-    gallery = gallery_means(torch.cat(hr_embeddings), data.subject_index,
-                            len(data.unique_subjects))
-    scores = torch.cat(similarity).tolist() if similarity else None
-    chosen = pick_probes(scores, args.count, args.pick, len(data), args.seed)
-
-    index = torch.tensor(chosen, dtype=torch.long)
-    vlr = to_float(data.vlr[index].to(device))
-    hr = to_float(data.hr[index].to(device))
-    with torch.no_grad():
-        columns = {"bicubic": F.interpolate(vlr, size=hr.shape[-2:], mode="bicubic",
-                                            align_corners=False).clamp(0, 1)}
-        columns.update({d.label: d.model(vlr) for d in dsrs})
-    image = comparison_grid(vlr, hr, columns, identity_net, gallery, data.unique_subjects,
-                            data.subject_index[index], threshold=args.threshold,
-                            probe_names=[data.names[i] for i in chosen])
-    path = save_grid(image, args.out)
-    print(f"Wrote {path}: {len(chosen)} probes x {len(columns) + 2} columns "
-          f"(VLR, {', '.join(columns)}, HR), {image.width}x{image.height} px.")
-    for row, i in enumerate(chosen, 1):
-        detail = (f", cos({dsrs[0].label}, HR) {scores[i]:.3f}" if scores is not None else "")
+    grid = probe_grid(data, dsrs, identity_net, count=args.count, pick=args.pick, seed=args.seed,
+                      threshold=args.threshold, batch_size=args.batch_size, device=device)
+    path = save_grid(grid.image, args.out)
+    print(f"Wrote {path}: {len(grid.chosen)} probes x {len(grid.columns) + 2} columns "
+          f"(VLR, {', '.join(grid.columns)}, HR), {grid.image.width}x{grid.image.height} px.")
+    for row, i in enumerate(grid.chosen, 1):
+        detail = (f", cos({dsrs[0].label}, HR) {grid.similarity[i]:.3f}"
+                  if grid.similarity is not None else "")
         print(f"  row {row}: {data.names[i]} (subject {data.subjects[i]}){detail}")
     return 0
 

@@ -45,7 +45,7 @@ METRICS: dict[str, str] = {
     "val_margin_gain": "max",  # val_margin minus bicubic's
     "val_rank1_full": "max",  # rank-1 on a gallery of validation and training subjects
     "val_rank1_full_gain": "max",
-    # mean over probes of sigmoid(margin / 0.05): rank-1 made smooth (tune_dsr.gallery)
+    # mean over probes of sigmoid(margin / 0.05): rank-1 made smooth (tune_dsr.training.validation)
     "val_soft_rank1": "max",
     "val_soft_rank1_gain": "max",
     "val_rank1": "max",  # rank-1 on the validation subjects alone (the guide's gallery)
@@ -203,7 +203,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     # Epochs without improvement of `monitor` before stopping; 0 switches early stopping off.
-    early_stop_patience: int = 20
+    patience: int = 20
     # What "best" means for the saved model and early stopping (a key of METRICS).
     monitor: str = "val_margin"
     # Cosine similarity below which a validation face counts as "unknown" (the guide's 0.35).
@@ -230,10 +230,11 @@ class TrainConfig:
         _range("ema_decay", self.ema_decay, 0.0, 1.0)
         _check(self.ema_decay < 1.0, "ema_decay", self.ema_decay,
                "it must be below 1 (1 would freeze the EMA weights); 0 turns EMA off")
-        _range("early_stop_patience", self.early_stop_patience, 0, 100_000)
+        _range("patience", self.patience, 0, 100_000)
         _check(self.monitor in METRICS, "monitor", self.monitor,
                f"choose one of {', '.join(METRICS)}")
         _range("recognition_threshold", self.recognition_threshold, -1.0, 1.0)
+        _range("seed", self.seed, 0, 2**32 - 1)
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "device", self.device, "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
@@ -299,6 +300,8 @@ class Config:
     # and a search trial's labels (which anchor it is, which trial a confirmation run repeats).
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(
         {"provenance", "metrics", "$schema", "anchor", "confirms", "confirm_run"})
+    # Keys renamed since: configs and checkpoints written before still load.
+    RENAMED: ClassVar[dict[str, str]] = {"early_stop_patience": "patience"}
 
     @classmethod
     def flat_keys(cls) -> dict[str, str]:
@@ -321,6 +324,7 @@ class Config:
         for key, value in raw.items():
             if key in cls.IGNORED_KEYS:
                 continue
+            key = cls.RENAMED.get(key, key)
             if key in _SWITCHES:
                 switches[key] = _coerce(key, value, bool)
                 continue
@@ -329,6 +333,7 @@ class Config:
                     raise ConfigError(f"section {key!r} must be an object, got {value!r}")
                 valid = list(_field_types(_SECTIONS[key]))
                 for sub_key, sub_value in value.items():
+                    sub_key = cls.RENAMED.get(sub_key, sub_key)
                     if sub_key not in valid:
                         raise _unknown_key_error(sub_key, valid, f" in section {key!r}")
                     updates[key][sub_key] = sub_value

@@ -10,7 +10,7 @@ wrong sizes) is found in one pass *before* the images are decoded, and reported 
 
 The decoded set lives in memory as uint8 tensors (four times smaller than float32, and plain
 tensors and lists only, so it pickles into Ray's object store). The augmentations are
-`tune_dsr.augment`.
+`tune_dsr.training.augment`.
 """
 
 from __future__ import annotations
@@ -29,21 +29,26 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from tune_dsr.config import Config
-from tune_dsr.errors import ConfigError, DataError
+from tune_dsr.errors import ConfigError, DataError, listing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
     "PairedFaces",
+    "bicubic_upscale",
     "check_split",
     "find_vlr_dir",
+    "inspect_image",
     "load_pair_sets",
+    "split_dirs",
     "subject_of",
     "to_float",
+    "vlr_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,9 +85,11 @@ def _error(folder: Path, problems: Sequence[_Problem]) -> DataError:
     return DataError("\n".join(lines), [p.text for p in problems])
 
 
-def _listing(names: Sequence[str], limit: int = _LIST_LIMIT) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def split_dirs(data_root: str | Path, *splits: str) -> dict[str, str]:
+    """``{"<split>_dir": "<data_root>/<split>_processed"}`` for each split, absolute: what a data
+    root means to every command (``--data-root``)."""
+    root = Path(data_root).expanduser().resolve()
+    return {f"{split}_dir": str(root / f"{split}_processed") for split in splits}
 
 
 def subject_of(name: str) -> str:
@@ -105,6 +112,14 @@ def _vlr_folders(split_dir: Path) -> list[Path]:
         return (1, int(match.group(1))) if match else (0, 0)
 
     return sorted(found, key=key)
+
+
+def vlr_sizes(split_dir: Path) -> dict[str, int | None]:
+    """The split's VLR folders by name, with the size each name promises (None: ``vlr_images``);
+    empty for a folder that does not exist."""
+    if not split_dir.is_dir():
+        return {}
+    return {folder.name: _folder_size(folder) for folder in _vlr_folders(split_dir)}
 
 
 def _folder_size(folder: Path) -> int | None:
@@ -190,7 +205,7 @@ def _parallel_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         return list(pool.map(fn, items))
 
 
-def _inspect(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+def inspect_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """(width, height) from the header, or why the file cannot be read. `verify` checks a PNG's
     chunk checksums without decoding the pixels, which catches truncated files cheaply."""
     try:
@@ -268,16 +283,16 @@ def _scan(split_dir: Path, vlr_size: int | None, hr_size: int, max_images: int =
     if vlr_only:
         scan.problems.append(_Problem(
             f"{len(vlr_only)} VLR image{'s' if len(vlr_only) > 1 else ''} in {vlr_label}/ "
-            f"without an HR counterpart in {hr_label}/: {_listing(vlr_only)}", _FIX_PAIRS))
+            f"without an HR counterpart in {hr_label}/: {listing(vlr_only)}", _FIX_PAIRS))
     if hr_only:
         scan.problems.append(_Problem(
             f"{len(hr_only)} HR image{'s' if len(hr_only) > 1 else ''} in {hr_label}/ "
-            f"without a VLR counterpart in {vlr_label}/: {_listing(hr_only)}", _FIX_PAIRS))
+            f"without a VLR counterpart in {vlr_label}/: {listing(hr_only)}", _FIX_PAIRS))
 
     # Read headers of the images that will be used (all of them unless capped).
     chosen = _select(pairs, max_images)
     paths = [hr_files[n] for n in chosen] + [vlr_files[n] for n in chosen]
-    results = _parallel_map(_inspect, paths)
+    results = _parallel_map(inspect_image, paths)
     hr_sizes: dict[str, tuple[int, int]] = {}
     vlr_sizes: dict[str, tuple[int, int]] = {}
     unreadable: list[_Problem] = []
@@ -451,6 +466,12 @@ def _unpickle_faces(names: list[str], vlr: np.ndarray, hr: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- tensors
+
+def bicubic_upscale(vlr: Tensor, size: int) -> Tensor:
+    """Bicubic upscaling to `size` x `size`, clamped to [0, 1]: the do-nothing baseline every DSR
+    is measured against."""
+    return F.interpolate(vlr, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
 
 def to_float(images_uint8: Tensor) -> Tensor:
     """uint8 images [B,3,h,w] as float32 in [0, 1] (on the same device)."""

@@ -1,13 +1,16 @@
 """The built-in demo: synthetic faces, random loss networks, small DSRs. No data, no weights, CPU.
 
 `python -m tune_dsr.train --demo` and `python -m tune_dsr.search --demo` take their settings from
-here, and so do the tests (the smallest run, `TINY`), so the three never drift apart.
+here, so the two never drift apart.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+__all__ = ["RANDOM_NETWORKS", "SEARCH_BUDGET", "SEARCH_DATA", "SEARCH_PINS", "TRAIN",
+           "TRAIN_DATA", "make_data"]
 
 # Random, fixed-seed loss networks: nothing to download, meaningless for real training.
 RANDOM_NETWORKS: dict[str, Any] = {"edgeface": "random:edgeface_xxs",
@@ -24,11 +27,6 @@ SEARCH_PINS: dict[str, Any] = {"width": 24, "depth": 2, "batch_size": 8}
 SEARCH_BUDGET: dict[str, Any] = {"num_samples": 6, "max_epochs": 4, "grace_period": 1,
                                  "reduction_factor": 2, "patience": 2}
 
-# The tests' smallest real run: a one-block DSR of width 8, two epochs.
-TINY: dict[str, Any] = {**RANDOM_NETWORKS, "vlr_size": 16, "width": 8, "depth": 1,
-                        "batch_size": 4, "epochs": 2, "warmup_epochs": 1, "lr": 1e-3,
-                        "device": "cpu"}
-
 # Synthetic subjects and images per subject: train --demo, search --demo.
 TRAIN_DATA = {"subjects": 16, "per_subject": 4}
 SEARCH_DATA = {"subjects": 12, "per_subject": 4}
@@ -39,17 +37,7 @@ def make_data(out: str | Path, subjects: int = 16, per_subject: int = 4) -> dict
 
     The same arguments always write the same images (seed 0).
     """
-    from tune_dsr.synth import make_synthetic_dataset
+    from tune_dsr.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(Path(out), subjects=subjects, per_subject=per_subject,
                                   vlr_sizes=(16,), seed=0)
-
-
-def as_flags(settings: dict[str, Any]) -> list[str]:
-    """Settings as ``--set KEY=VALUE`` flags, for the tests that run the command lines."""
-    import json
-
-    flags: list[str] = []
-    for key, value in settings.items():
-        flags += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
-    return flags

@@ -18,6 +18,7 @@ __all__ = [
     "EdgeFaceError",
     "PerceptualWeightsError",
     "SynthError",
+    "listing",
 ]
 
 
@@ -52,6 +53,12 @@ class CheckpointError(ValueError):
 
 class SynthError(ValueError):
     """An argument `make_synthetic_dataset` cannot work with; the message names it and the rule."""
+
+
+def listing(items: Sequence[str], limit: int = 10, sep: str = ", ") -> str:
+    """The first `limit` items, then "and N more": how every error names a long list."""
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep.rstrip()} and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.

@@ -20,13 +20,20 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA if visible, else CPU), 'cpu', 'cuda' or 'cuda:N', checked."""
+    """``auto`` (CUDA if torch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked:
+    ConfigError for anything else, and for CUDA where torch sees none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or "
+                          "cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is not allowed: no CUDA device is visible here; "
-                          "use device='auto' or 'cpu'")
+        raise ConfigError(f"device={name!r} asks for CUDA, but torch sees no CUDA device here; "
+                          "use device=cpu (or auto)")
     return device
 
 

@@ -1,6 +1,8 @@
 """Face recognition figures from embeddings: identification, verification and their uncertainty.
 
-Everything here works on plain tensors (CPU is fine) and knows nothing of DSR or EdgeFace:
+Everything here works on plain tensors (CPU is fine) and knows nothing of DSR. A recogniser is
+any network called as ``net(images) -> (embedding, activations)`` (EdgeFace's convention);
+`embed` and `embed_batches` are the one place that calls it on faces. Then:
 
 - a *gallery* is a matrix of L2-normalised rows, one per enrolled subject (`gallery_means`);
   rows beyond the probes' own subjects are *distractors* (for example the training subjects);
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from tune_dsr.data import to_float
 
 __all__ = [
     "Identification",
@@ -36,6 +40,8 @@ __all__ = [
     "WrongAnswer",
     "bootstrap_interval",
     "bootstrap_means",
+    "embed",
+    "embed_batches",
     "equal_error_rate",
     "gallery_means",
     "identification_metrics",
@@ -60,6 +66,26 @@ __all__ = [
 # The cosine similarity given to a probe's own subject when leave-one-out leaves that subject
 # with no image at all: the lowest possible, so the probe counts as not identified.
 NOT_ENROLLED = -1.0
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+def embed(net: nn.Module, images: Tensor) -> Tensor:
+    """The recogniser's face embeddings [B, D] (float32) of float images in [0, 1]."""
+    return net(images)[0].float()
+
+
+def embed_batches(embed_fn: Callable[[Tensor], Tensor], batches: Iterable[Tensor],
+                  device: torch.device | str,
+                  transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Embeddings of uint8 face batches, in order, gathered on the CPU: each batch goes to
+    `device` as floats in [0, 1], through `transform` (e.g. bicubic upscaling of VLR faces),
+    then `embed_fn` (images -> embeddings, e.g. ``lambda x: embed(net, x)``)."""
+    out = []
+    for batch in batches:
+        images = to_float(batch.to(device))
+        out.append(embed_fn(transform(images) if transform else images).float().cpu())
+    return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------- galleries

@@ -13,14 +13,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune_dsr.cli import add_debug_flag, add_set_flag, parse_settings, run_cli
-from tune_dsr.errors import ConfigError
+from tune_dsr.cli import (
+    add_data_flags,
+    add_debug_flag,
+    add_demo_flag,
+    add_device_flag,
+    add_max_images_flag,
+    add_seed_flag,
+    add_set_flag,
+    check_writable_dir,
+    parse_settings,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from tune_dsr.config import Config
-    from tune_dsr.trainer import Trainer
+    from tune_dsr.training.trainer import Trainer
 
 logger = logging.getLogger("tune_dsr.train")
 
@@ -66,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tune_dsr.train",
         description="Train DSR against a frozen (fine-tuned) EdgeFace: one run.")
-    p.add_argument("--train-dir", help="training split (holds hr_images/ and vlr_images*/)")
-    p.add_argument("--val-dir", help="validation split (same layout)")
-    p.add_argument("--data-root", help="a root with train_processed/ and val_processed/ "
-                                       "(instead of --train-dir/--val-dir)")
+    add_data_flags(p, "train", "val")
     p.add_argument("--edgeface", help="EdgeFace checkpoint path, or random:<variant> for a "
                                       "smoke test (default: from --config, else "
                                       "edgeface_finetuned.pth)")
@@ -81,15 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
     p.add_argument("--vlr-size", type=int,
                    help="VLR input size in px (default: the only vlr_images* folder there)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_max_images_flag(p)
+    add_device_flag(p)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs; 0: off "
                                                 "(default 20)")
+    add_seed_flag(p, "seed of the initialisation, the batches and the augmentation "
+                     "(default: from --config, else 42)", None)
     p.add_argument("--out", required=True, help="output folder: config.json, metrics.jsonl, "
                                                 "last.pt (resumable), best.pt")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (same config)")
-    p.add_argument("--demo", action="store_true",
-                   help="synthetic faces, random networks, a tiny DSR: about a minute on CPU")
+    add_demo_flag(p, "synthetic faces, random networks, a tiny DSR: about a minute on CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_flag(p, "any other setting, over --config and the flags above")
     add_debug_flag(p)
@@ -100,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The run's config: the guide's defaults, then --config, --demo, the flags, then --set."""
     from tune_dsr import demo
     from tune_dsr.config import Config
+    from tune_dsr.data import split_dirs
 
     config = Config.from_json(args.config) if args.config else Config()
     overrides: dict[str, Any] = {}
@@ -108,14 +118,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         splits = demo.make_data(out / "demo_data", **demo.TRAIN_DATA)
         overrides.update(demo.TRAIN, train_dir=str(splits["train"]), val_dir=str(splits["val"]))
     if args.data_root:
-        root = Path(args.data_root).expanduser()
-        overrides.update(train_dir=str(root / "train_processed"),
-                         val_dir=str(root / "val_processed"))
-    flags = {"train_dir": args.train_dir, "val_dir": args.val_dir, "edgeface": args.edgeface,
-             "perceptual_weights": args.perceptual_weights, "epochs": args.epochs,
-             "batch_size": args.batch_size, "vlr_size": args.vlr_size, "device": args.device,
-             "early_stop_patience": args.patience}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+        overrides.update(split_dirs(args.data_root, "train", "val"))
+    # Each flag is named after the setting it sets.
+    flags = ("train_dir", "val_dir", "edgeface", "perceptual_weights", "epochs", "batch_size",
+             "vlr_size", "max_images", "device", "patience", "seed")
+    overrides.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
     overrides.update(parse_settings(args.set))
     for key in ("train_dir", "val_dir"):
         if overrides.get(key):
@@ -129,22 +136,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    out = Path(args.out).expanduser().resolve()
-    if args.resume and not (out / "last.pt").is_file():
-        raise ConfigError(f"--resume: {out / 'last.pt'} does not exist; run without --resume")
+    out = check_writable_dir(args.out, "--out")
     config = config_from_args(args)
-    from tune_dsr.data import load_pair_sets
-    from tune_dsr.losses import load_loss_networks
-    from tune_dsr.trainer import Trainer, TrainingDiverged
+    from tune_dsr.training.trainer import TrainingDiverged, prepare_run
 
-    # Everything that can be wrong with the input is found here, before the first step.
-    config, train_set, val_set = load_pair_sets(config)
-    identity_net, vgg = load_loss_networks(config.train.edgeface, config.train.perceptual_weights)
     printer = EpochPrinter(progress=not args.no_progress and sys.stderr.isatty())
-    trainer = Trainer(config, train_set, val_set, identity_net, vgg, callbacks=[printer],
-                      out_dir=out)
-    if args.resume:
-        trainer.load_state(out / "last.pt")
+    trainer = prepare_run(config, out, callbacks=[printer], resume=args.resume)
+    config, train_set, val_set = trainer.config, trainer.train_set, trainer.val_set
     print(f"Training DSR ({config.model.width}x{config.model.depth}, {config.model.vlr_size}px -> "
           f"{config.model.hr_size}px) on {len(train_set)} pairs, validating on {len(val_set)}, "
           f"device {trainer.device}, {config.train.epochs} epochs, best epoch by "

@@ -1,6 +1,6 @@
 """Read a search's experiment folder: its trials, their epochs, ASHA's rungs, the Optuna study.
 
-    from tune_dsr.analysis import load_experiment
+    from tune_dsr.tuning.analysis import load_experiment
     exp = load_experiment("tune_results/NAME")        # or "s3://bucket/tune_results/NAME"
     exp.trials                  # one row per trial, best first by the search's objective
     exp.history                 # one row per trial and epoch
@@ -16,7 +16,7 @@ on a search that is still running or was interrupted: trials with no epoch yet, 
 result lines and ERROR trials are all expected. The folder can be local or a storage URI
 (through pyarrow's filesystems): every trial folder holds ``params.json`` (its full config) and
 ``result.json`` (one JSON line per reported epoch), and the search adds ``search_plan.json`` and
-``optuna_study.db`` (`tune_dsr.experiment`).
+``optuna_study.db`` (`tune_dsr.tuning.experiment`).
 
 The functions below `Experiment` (`load_trials`, `trials_frame`, `history_frame`, `epochs_saved`,
 `unfinished_trials`) are the lower-level readers that export and the search use.
@@ -24,13 +24,14 @@ The functions below `Experiment` (`load_trials`, `trials_frame`, `history_frame`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,7 +42,7 @@ import pandas as pd
 
 from tune_dsr.config import direction
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import CONFIRM_DIR, STUDY_FILE, SearchPlan, filesystem, is_uri, join
+from tune_dsr.tuning.experiment import CONFIRM_DIR, STUDY_FILE, SearchPlan, filesystem, is_uri, join
 
 if TYPE_CHECKING:
     import optuna
@@ -513,12 +514,8 @@ class Experiment:
                               + ("" if partial else "; try partial=True"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            verbosity = optuna.logging.get_verbosity()
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created..."
-            try:
+            with _no_study_created_line():
                 study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-            finally:
-                optuna.logging.set_verbosity(verbosity)
             study.add_trials(trials)
             importances, evaluator = _param_importances(study)
         series = pd.Series(importances, dtype=float).sort_values(ascending=False)
@@ -551,6 +548,26 @@ class Experiment:
             except ValueError as exc:  # e.g. a value outside a range edited since the search
                 logger.warning("trial %s left out of the importances: %s", row.trial_id, exc)
         return trials
+
+
+class _DropStudyCreated(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("A new study created")
+
+
+@contextlib.contextmanager
+def _no_study_created_line() -> Iterator[None]:
+    """Hide Optuna's "A new study created in memory" for a scratch study, and only that: the
+    user's Optuna verbosity is left as it is."""
+    target = logging.getLogger("optuna")
+    only = _DropStudyCreated()
+    for handler in target.handlers:
+        handler.addFilter(only)
+    try:
+        yield
+    finally:
+        for handler in target.handlers:
+            handler.removeFilter(only)
 
 
 def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> Experiment:

@@ -20,9 +20,9 @@ from ray import tune
 
 from tune_dsr.config import Config
 from tune_dsr.data import PairedFaces
-from tune_dsr.experiment import is_uri, trial_folder
-from tune_dsr.losses import load_loss_networks
-from tune_dsr.trainer import Callback, Trainer
+from tune_dsr.training.losses import load_loss_networks
+from tune_dsr.training.trainer import Callback, Trainer
+from tune_dsr.tuning.experiment import is_uri, trial_folder
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
     # ASHA compares trials with each other; the search's patience ends a trial that has stopped
     # beating its own best (the trainer's early stopping on the objective). The trial's best.pt
     # and picture grid are those of the epoch the search's objective likes best.
-    run_config = Config.from_dict(config).replace(early_stop_patience=patience,
+    run_config = Config.from_dict(config).replace(patience=patience,
                                                   monitor=objective)
     identity_net, vgg = _loss_networks(run_config.train.edgeface,
                                        run_config.train.perceptual_weights)

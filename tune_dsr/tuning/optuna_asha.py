@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import SearchSpace
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import is_uri, trial_folder
+from tune_dsr.tuning.experiment import is_uri, trial_folder
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def check_private_api() -> None:
             f"this Ray {ray.__version__} / Optuna {optuna.__version__} lacks "
             f"{', '.join(problems)}, which tune_dsr's fixes of OptunaSearch and ASHA rely on; "
             "install the versions pyproject.toml names (ray[tune] and optuna), or update "
-            "tune_dsr/optuna_asha.py for this release")
+            "tune_dsr/tuning/optuna_asha.py for this release")
 
 
 # What the experiment pickles must live in an importable module, not in `python -m` __main__,

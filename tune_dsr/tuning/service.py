@@ -1,6 +1,6 @@
 """The search service, usable from Python: options → plan → data → Ray → tuner → best config.
 
-    from tune_dsr.tuning import SearchOptions, plan_search, run_search
+    from tune_dsr.tuning.service import SearchOptions, plan_search, run_search
     plan = plan_search(SearchOptions(space="recognition_first", data_root="DATA", gpus=1))
     document = run_search(plan)          # the best trial as a training config (+ provenance)
     document = run_search(resume_plan("tune_results", plan.name), resume=True)
@@ -20,15 +20,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune_dsr import demo
 from tune_dsr.config import Config, direction
 from tune_dsr.errors import ConfigError
-from tune_dsr.experiment import (
+from tune_dsr.tuning.experiment import (
     BEST_FILE,
     CONFIRM_DIR,
     PLAN_FILE,
@@ -39,51 +39,16 @@ from tune_dsr.experiment import (
     resolve_storage,
     write_json,
 )
+from tune_dsr.tuning.options import (
+    DEFAULT_BUDGET,
+    DEFAULT_CONFIRM,
+    SearchOptions,
+)
 
 if TYPE_CHECKING:
     from tune_dsr.data import PairedFaces
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BUDGET: dict[str, Any] = {"num_samples": 20, "reduction_factor": 3}
-# Configurations confirmed after a search (0 with --demo), and new runs of each.
-DEFAULT_CONFIRM = 3
-DEFAULT_CONFIRM_RUNS = 2
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """What a user asks of a search; unset (None) values take the preset's or the defaults."""
-
-    space: str = "recognition_first"
-    data_root: str | None = None
-    train_dir: str | None = None
-    val_dir: str | None = None
-    vlr_size: int | None = None
-    max_images: int = 0
-    edgeface: str | None = None
-    perceptual_weights: str | None = None
-    pins: Mapping[str, Any] = field(default_factory=dict)
-    num_samples: int | None = None
-    max_epochs: int | None = None
-    grace_period: int | None = None
-    reduction_factor: float | None = None
-    max_concurrent: int = 0
-    time_budget: float | None = None
-    gpus: float = 0
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float = 1
-    storage_path: str = "tune_results"
-    name: str | None = None
-    seed: int = 42
-    max_failures: int = 1
-    checkpoint_every: int = 1
-    address: str | None = None
-    demo: bool = False
-    patience: int | None = None
-    confirm: int | None = None
-    confirm_runs: int = DEFAULT_CONFIRM_RUNS
-
 
 @dataclass(frozen=True)
 class SearchData:
@@ -101,32 +66,32 @@ def _positive(options: SearchOptions, *names: str) -> None:
     for name in names:
         value = getattr(options, name)
         if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')}={value} must be positive")
+            raise ConfigError(f"{name}={value} must be positive")
 
 
 def _resources(options: SearchOptions) -> float:
     """GPUs per trial, checked against the search's resources."""
     gpus = options.gpus
     if gpus < 0 or options.cpus_per_trial <= 0:
-        raise ConfigError(f"--gpus={gpus} and --cpus-per-trial={options.cpus_per_trial}: "
-                          "give --gpus >= 0 and --cpus-per-trial > 0")
+        raise ConfigError(f"gpus={gpus} and cpus_per_trial={options.cpus_per_trial}: "
+                          "give gpus >= 0 and cpus_per_trial > 0")
     per_trial = options.gpus_per_trial if options.gpus_per_trial is not None else min(1.0, gpus)
     if per_trial < 0 or per_trial > gpus:
-        raise ConfigError(f"--gpus-per-trial={per_trial} is larger than --gpus={gpus}: a trial "
-                          "cannot use more GPUs than the search has; raise --gpus or lower "
-                          "--gpus-per-trial (fractions like 0.5 share a GPU)")
+        raise ConfigError(f"gpus_per_trial={per_trial} is larger than gpus={gpus}: a trial "
+                          "cannot use more GPUs than the search has; raise gpus or lower "
+                          "gpus_per_trial (fractions like 0.5 share a GPU)")
     if gpus > 0 and per_trial == 0:
-        raise ConfigError("--gpus-per-trial=0 with --gpus > 0 would leave the GPUs idle; give a "
-                          "GPU share per trial (e.g. 0.5) or drop --gpus")
+        raise ConfigError("gpus_per_trial=0 with gpus > 0 would leave the GPUs idle; give a "
+                          "GPU share per trial (e.g. 0.5) or set gpus=0")
     if per_trial > 1 and per_trial != int(per_trial):
-        raise ConfigError(f"--gpus-per-trial={per_trial}: above 1 it must be a whole number")
+        raise ConfigError(f"gpus_per_trial={per_trial}: above 1 it must be a whole number")
     if options.address is None and gpus > 0:
         import torch
 
         found = torch.cuda.device_count()
         if found < gpus:
-            raise ConfigError(f"--gpus={gpus} but this machine has {found} CUDA device(s); "
-                              "lower --gpus, or use --address to run on a cluster with GPUs")
+            raise ConfigError(f"gpus={gpus} but this machine has {found} CUDA device(s); "
+                              "lower gpus, or give an address to run on a cluster with GPUs")
     return per_trial
 
 
@@ -153,29 +118,29 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     _positive(options, "num_samples", "max_epochs", "grace_period", "time_budget",
               "checkpoint_every")
     if options.reduction_factor is None or options.reduction_factor <= 1:
-        raise ConfigError(f"--reduction-factor={options.reduction_factor} must be above 1 (ASHA "
+        raise ConfigError(f"reduction_factor={options.reduction_factor} must be above 1 (ASHA "
                           "keeps 1/reduction_factor of the trials per rung)")
     if options.max_failures < 0 or options.max_concurrent < 0:
-        raise ConfigError("--max-failures and --max-concurrent must be >= 0")
+        raise ConfigError(f"max_failures={options.max_failures} and max_concurrent="
+                          f"{options.max_concurrent}: both must be >= 0")
     gpus_per_trial = _resources(options)
     max_epochs = options.max_epochs or preset.max_epochs
     grace = options.grace_period or min(preset.grace_period, max_epochs)
     if grace > max_epochs:
-        raise ConfigError(f"--grace-period={grace} exceeds --max-epochs={max_epochs}")
+        raise ConfigError(f"grace_period={grace} exceeds max_epochs={max_epochs}")
     patience = options.patience if options.patience is not None else (preset.patience or grace)
     if patience < 1:
-        raise ConfigError(f"--patience={patience} must be at least 1: the epochs a trial may go "
+        raise ConfigError(f"patience={patience} must be at least 1: the epochs a trial may go "
                           "without beating its own best objective before it ends (give "
-                          f"--patience {max_epochs} to leave stopping to ASHA alone)")
+                          f"patience={max_epochs} to leave stopping to ASHA alone)")
     num_samples = int(options.num_samples or 0)
     confirm = (options.confirm if options.confirm is not None
                else 0 if options.demo else min(DEFAULT_CONFIRM, num_samples))
     if confirm < 0 or confirm > num_samples:
-        raise ConfigError(f"--confirm={confirm}: confirm between 0 and the {num_samples} trials "
-                          "the search runs (--num-samples); lower --confirm or raise "
-                          "--num-samples")
+        raise ConfigError(f"confirm={confirm}: confirm between 0 and the {num_samples} trials "
+                          "the search runs (num_samples); lower confirm or raise num_samples")
     if options.confirm_runs < 1:
-        raise ConfigError(f"--confirm-runs={options.confirm_runs} must be at least 1")
+        raise ConfigError(f"confirm_runs={options.confirm_runs} must be at least 1")
 
     storage = resolve_storage(options.storage_path)
     name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -188,8 +153,9 @@ def plan_search(options: SearchOptions) -> SearchPlan:
                     val_dir=str(splits["val"]))
         pins = {**demo.SEARCH_PINS, **pins}
     if options.data_root:
-        root = Path(options.data_root).expanduser()
-        base.update(train_dir=str(root / "train_processed"), val_dir=str(root / "val_processed"))
+        from tune_dsr.data import split_dirs
+
+        base.update(split_dirs(options.data_root, "train", "val"))
     for key in ("train_dir", "val_dir"):
         value = getattr(options, key) or base.get(key)
         if value:
@@ -254,7 +220,7 @@ def check_cluster(plan: SearchPlan) -> int:
     """Some node fits a trial and every node reaches the storage; returns the number of nodes."""
     import ray
 
-    from tune_dsr.optuna_asha import check_storage_reachable
+    from tune_dsr.tuning.optuna_asha import check_storage_reachable
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [n for n in nodes
@@ -285,7 +251,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     from ray.tune.search import ConcurrencyLimiter
 
     from search_spaces import SearchSpace, load_preset
-    from tune_dsr.optuna_asha import (
+    from tune_dsr.tuning.optuna_asha import (
         AshaStateCallback,
         PruneAwareOptunaSearch,
         check_private_api,
@@ -345,7 +311,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
 
 def _trainable(plan: SearchPlan, data: SearchData, experiment_path: str,
                function: Callable[..., None] | None) -> Any:
-    from tune_dsr.trainable import make_trainable, train_dsr
+    from tune_dsr.tuning.trainable import make_trainable, train_dsr
 
     return make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
                           gpus=plan.gpus_per_trial, objective=plan.metric,
@@ -358,7 +324,7 @@ def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
     """The confirmation runs: the search's top `plan.confirm` trials' configs, each
     `plan.confirm_runs` times with new seeds (the same seeds for every configuration, so they
     are compared on equal terms), labelled with the trial they repeat."""
-    from tune_dsr.analysis import load_experiment
+    from tune_dsr.tuning.analysis import load_experiment
 
     experiment = load_experiment(plan.experiment_path)
     ranked = experiment.top(experiment.trials.shape[0])
@@ -383,7 +349,7 @@ def build_confirmation(plan: SearchPlan, data: SearchData, resume: bool = False,
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from tune_dsr.optuna_asha import FixedConfigs, trial_dirname
+    from tune_dsr.tuning.optuna_asha import FixedConfigs, trial_dirname
 
     path = join(plan.experiment_path, CONFIRM_DIR)
     trainable = _trainable(plan, data, path, function)
@@ -427,12 +393,7 @@ def check_study_matches(plan: SearchPlan) -> None:
     if not plan.study_path.is_file():
         return
     now = load_preset(plan.space).distributions()
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
     for trial in study.get_trials(deepcopy=False):
         for key, stored in trial.distributions.items():
             if key not in now:
@@ -452,12 +413,12 @@ def run_search(plan: SearchPlan, resume: bool = False,
 
     The document's ``provenance`` says how long the search took and which trials an interrupt
     (Ctrl-C) left unfinished. `function` replaces the trial function (default
-    `tune_dsr.trainable.train_dsr`).
+    `tune_dsr.tuning.trainable.train_dsr`).
     """
     from search_spaces import load_preset
-    from tune_dsr.analysis import unfinished_trials
-    from tune_dsr.export import best_config_document
-    from tune_dsr.losses import load_loss_networks
+    from tune_dsr.training.losses import load_loss_networks
+    from tune_dsr.tuning.analysis import unfinished_trials
+    from tune_dsr.tuning.export import best_config_document
 
     direction(plan.metric)  # a plan edited by hand must still name a known metric
     if not resume and exists(join(plan.experiment_path, PLAN_FILE)):

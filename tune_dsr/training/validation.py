@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from tune_dsr.data import PairedFaces, to_float
+from tune_dsr.data import PairedFaces, bicubic_upscale
 from tune_dsr.errors import ConfigError
-from tune_dsr.recognition import gallery_means, identify, similarities
+from tune_dsr.recognition import embed_batches, gallery_means, identify, similarities
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +56,6 @@ def paired_half_width(differences: Tensor) -> float:
     return float(Z95 * differences.float().std(unbiased=True) / n ** 0.5)
 
 Embed = Callable[[Tensor], Tensor]  # float images in [0, 1] on the device -> embeddings [B, D]
-
-
-def bicubic_upscale(vlr: Tensor, size: int) -> Tensor:
-    """The do-nothing baseline: bicubic upscaling to `size`, clamped to [0, 1]."""
-    return F.interpolate(vlr, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def _embed_all(embed: Embed, images: Tensor, device: torch.device, batch: int,
-               transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    out = []
-    for start in range(0, len(images), batch):
-        chunk = to_float(images[start:start + batch].to(device))
-        out.append(embed(transform(chunk) if transform else chunk).float())
-    return torch.cat(out)
 
 
 def _distractor_rows(train_set: PairedFaces, val_subjects: set[str]
@@ -120,11 +105,12 @@ class ValidationGallery:
               threshold: float, device: torch.device, batch: int = 64) -> ValidationGallery:
         """Enrol the subjects from their HR images and measure bicubic (once per run)."""
         labels = val_set.subject_index
-        own = gallery_means(_embed_all(embed, val_set.hr, device, batch), labels,
+        own = gallery_means(embed_batches(embed, val_set.hr.split(batch), device), labels,
                             len(val_set.unique_subjects))
         indices, rows, kept = _distractor_rows(train_set, set(val_set.unique_subjects))
-        distractors = (gallery_means(_embed_all(embed, train_set.hr[indices], device, batch),
-                                     rows, len(kept)) if kept else own.new_zeros(0, own.shape[1]))
+        enrolled = train_set.hr[indices].split(batch)
+        distractors = (gallery_means(embed_batches(embed, enrolled, device), rows, len(kept))
+                       if kept else own.new_zeros(0, own.shape[1]))
         full = torch.cat([own, distractors])
         if full.shape[0] < 2:
             raise ConfigError("recognition needs at least two subjects to tell apart: the "
@@ -132,8 +118,8 @@ class ValidationGallery:
                               "other; use splits by subject with several subjects each")
         names = (*val_set.unique_subjects, *kept)
         gallery = cls(own.cpu(), full.cpu(), labels.cpu(), names, threshold, {}, {})
-        bicubic = _embed_all(embed, val_set.vlr, device, batch,
-                             lambda vlr: bicubic_upscale(vlr, val_set.hr_size))
+        bicubic = embed_batches(embed, val_set.vlr.split(batch), device,
+                                lambda vlr: bicubic_upscale(vlr, val_set.hr_size))
         figures, probes = gallery._measure(bicubic)
         return cls(gallery.own, gallery.full, gallery.labels, names, threshold, figures, probes)
 

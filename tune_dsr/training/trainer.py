@@ -20,19 +20,23 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from tune_dsr.augment import augment_pair
 from tune_dsr.config import Config, direction, score
-from tune_dsr.data import PairedFaces, to_float
+from tune_dsr.data import PairedFaces, bicubic_upscale, to_float
 from tune_dsr.errors import ConfigError
-from tune_dsr.gallery import ValidationGallery, bicubic_upscale
 from tune_dsr.hardware import autocast_dtype, resolve_device
-from tune_dsr.losses import TERMS, DSRLoss, Perceptual
-from tune_dsr.metrics import psnr, psnr_y, ssim
-from tune_dsr.models.dsr import DSR, save_dsr
+from tune_dsr.models.checkpoints import (
+    TRAINER_STATE_FORMAT,
+    read_trainer_state,
+    save_dsr,
+    write_trainer_state,
+)
+from tune_dsr.models.dsr import DSR
+from tune_dsr.quality import psnr, psnr_y, ssim
+from tune_dsr.training.augment import augment_pair
+from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual
+from tune_dsr.training.validation import ValidationGallery
 
 logger = logging.getLogger(__name__)
-
-STATE_FORMAT = "tune_dsr.trainer_state/1"
 
 
 class TrainingDiverged(RuntimeError):
@@ -177,7 +181,7 @@ class Trainer:
             self._write_outputs(metrics, improved)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, metrics)
-            patience = cfg.early_stop_patience
+            patience = cfg.patience
             if patience and self.bad_epochs >= patience:
                 logger.info("Early stopping at epoch %d: %s has not improved for %d epochs",
                             self.epoch, self.monitor, patience)
@@ -346,7 +350,7 @@ class Trainer:
     @torch.no_grad()
     def comparison_grid(self) -> Any:
         """A picture grid (PIL image) of fixed validation faces: VLR, bicubic, DSR (EMA), HR."""
-        from tune_dsr.compare import comparison_grid
+        from tune_dsr.evaluation.grid import comparison_grid
 
         rows = self.grid_probes()
         vlr = self._to_device(self.val_set.vlr[rows])
@@ -382,7 +386,6 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: tensors and plain data only."""
         state: dict[str, Any] = {
-            "format": STATE_FORMAT,
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "model_state_dict": self.model.state_dict(),
@@ -403,7 +406,7 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format", TRAINER_STATE_FORMAT) != TRAINER_STATE_FORMAT:
             raise ConfigError("not a tune_dsr trainer state (expected last.pt or a Tune "
                               "checkpoint's state.pt); a best.pt cannot be resumed from")
         saved = Config.from_dict(state["config"])
@@ -427,17 +430,29 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
     def save_state(self, path: str | Path) -> None:
-        # Write then rename: a run killed mid-save leaves the previous state intact.
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        write_trainer_state(self.state_dict(), path)
 
     def load_state(self, path: str | Path) -> None:
         """Resume from a state file written by `save_state` (read with weights_only=True)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"cannot resume: {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
+        self.load_state_dict(read_trainer_state(path))
         logger.info("Resumed from %s at epoch %d", path, self.epoch)
+
+
+def prepare_run(config: Config, out_dir: str | Path, callbacks: Sequence[Callback] = (),
+                resume: bool = False) -> Trainer:
+    """A run as ``python -m tune_dsr.train`` makes it: both splits checked and decoded and the
+    loss networks loaded (everything that can be wrong with the input is found here, before the
+    first step), resumed from ``out_dir/last.pt`` when asked. ``fit()`` trains it."""
+    from tune_dsr.data import load_pair_sets
+    from tune_dsr.training.losses import load_loss_networks
+
+    out = Path(out_dir)
+    if resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"resume: {out / 'last.pt'} does not exist; run without --resume")
+    config, train_set, val_set = load_pair_sets(config)
+    identity_net, vgg = load_loss_networks(config.train.edgeface, config.train.perceptual_weights)
+    trainer = Trainer(config, train_set, val_set, identity_net, vgg, callbacks=callbacks,
+                      out_dir=out)
+    if resume:
+        trainer.load_state(out / "last.pt")
+    return trainer

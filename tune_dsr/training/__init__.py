@@ -1,0 +1,2 @@
+"""The training layer: the loop (`trainer`, which knows nothing of Ray), the losses, the paired
+augmentation, and the in-loop validation galleries."""
