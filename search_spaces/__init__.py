@@ -44,6 +44,19 @@ from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast")
 
+__all__ = [
+    "BUILTIN",
+    "GUIDE_ANCHOR",
+    "PIXEL_ONLY",
+    "PIXEL_ONLY_OFF",
+    "Preset",
+    "SearchSpace",
+    "in_range",
+    "load_preset",
+    "optional_weight",
+    "pin_space",
+]
+
 logger = logging.getLogger(__name__)
 
 GUIDE_ANCHOR = "guide"

@@ -185,3 +185,14 @@ def run_poisoned_search(storage: Path, markers: Path, options: Any,
     study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
     return {"plan": plan, "document": document, "experiment": experiment, "study": study,
             "markers": markers, "trials": load_trials(str(experiment))}
+
+
+def verification_scores(similarity: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """All probe-vs-gallery-subject comparisons: genuine scores (own subject) [N] and impostor
+    scores (every other row, distractors included) [N·(C−1)]. The reference that
+    `verification_metrics_from_similarity` (which never builds the impostor vector) must match."""
+    sim = similarity.detach().float().cpu()
+    labels = labels.cpu()
+    own = torch.zeros_like(sim, dtype=torch.bool)
+    own.scatter_(1, labels[:, None], True)
+    return sim[own], sim[~own]

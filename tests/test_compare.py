@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,12 +122,3 @@ def test_a_set_with_one_subject_is_refused(setup, capsys, tmp_path):
     code, _, err = run(capsys, "--test-dir", str(single), "--dsr", str(setup["a"]),
                        "--edgeface", EDGEFACE, "--out", str(tmp_path / "g.png"))
     assert code == 2 and "at least two subjects" in err
-
-
-def test_help_imports_neither_torch_nor_ray():
-    code = ("import sys\nfrom tune_dsr.compare import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ray' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=60)
-    assert "--pick" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "False False"

@@ -6,8 +6,6 @@ import csv
 import json
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -276,12 +274,3 @@ def test_debug_shows_the_exception(root, checkpoints):
     with pytest.raises(CheckpointError, match="32x32"):
         main(["--test-dir", str(root / "test_processed"), "--dsr", str(checkpoints["vlr32"]),
               "--edgeface", EDGEFACE, "--debug"])
-
-
-def test_help_imports_neither_torch_nor_ray():
-    code = ("import sys\nfrom tune_dsr.evaluate import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ray' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=60)
-    assert "--leave-one-out" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "False False"

@@ -79,6 +79,20 @@ def test_no_library_module_imports_a_command_line():
     assert reaching == {}
 
 
+def test_every_module_declares_what_it_offers():
+    """``__all__`` in every module of the package, naming only what exists (presets excepted:
+    they follow the preset protocol, SPACE/METRIC/...)."""
+    import importlib
+
+    for name in sorted(import_graph()):
+        if name.startswith("search_spaces.") or name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        assert isinstance(getattr(module, "__all__", None), list), f"{name} has no __all__"
+        missing = [item for item in module.__all__ if not hasattr(module, item)]
+        assert missing == [], f"{name}.__all__ names {missing}"
+
+
 def test_the_front_door_names_what_exists():
     import tune_dsr
 

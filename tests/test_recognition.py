@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import verification_scores
 from tune_dsr.recognition import (
     Interval,
     bootstrap_interval,
     equal_error_rate,
     gallery_means,
-    identification_metrics,
     identify,
     leave_one_out_similarities,
     margin,
@@ -28,7 +28,6 @@ from tune_dsr.recognition import (
     verdict,
     verification_metrics,
     verification_metrics_from_similarity,
-    verification_scores,
     wrong_answers,
 )
 
@@ -104,7 +103,7 @@ def test_identify_hand_built(known_case):
     assert found.known.tolist() == [True, False, False, True]
     assert found.correct.tolist() == [True, False, False, False]
     assert torch.allclose(found.margin, torch.tensor([0.70, -0.10, 0.15, -0.30]), atol=1e-5)
-    metrics = identification_metrics(sim, labels, threshold=0.35)
+    metrics = identify(sim, labels, 0.35).metrics()
     assert metrics["rank1"] == pytest.approx(0.5)
     assert metrics["rank5"] == pytest.approx(0.75)
     assert metrics["accuracy"] == pytest.approx(0.25)
@@ -156,10 +155,10 @@ def hallucinating_case(val_subjects: int = 5, train_subjects: int = 5, per_subje
 def test_identity_hallucination_shows_in_the_wide_gallery_and_the_margin():
     hr, hallucinated, faithful, labels, train_gallery = hallucinating_case()
     gallery = gallery_means(hr, labels)
-    narrow = {name: identification_metrics(similarities(emb, gallery), labels, 0.35)
+    narrow = {name: identify(similarities(emb, gallery), labels, 0.35).metrics()
               for name, emb in (("hallucinated", hallucinated), ("faithful", faithful))}
     wide_gallery = torch.cat([gallery, train_gallery])
-    wide = {name: identification_metrics(similarities(emb, wide_gallery), labels, 0.35)
+    wide = {name: identify(similarities(emb, wide_gallery), labels, 0.35).metrics()
             for name, emb in (("hallucinated", hallucinated), ("faithful", faithful))}
     # On the validation-only gallery both look perfect...
     assert narrow["hallucinated"]["rank1"] == 1.0 and narrow["faithful"]["rank1"] == 1.0

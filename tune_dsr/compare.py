@@ -15,52 +15,40 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tune_dsr.cli import (
-    add_debug_flag,
-    add_probe_flags,
-    add_seed_flag,
-    check_at_least,
-    check_writable_file,
-    run_cli,
-)
+from tune_dsr import cli
+from tune_dsr.cli import check_at_least, check_writable_file
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m tune_dsr.compare",
         description="Draw VLR, bicubic, each DSR and HR side by side for a few probes, labelled "
                     "with PSNR, similarity to HR and the identified subject, as a PNG grid.")
-    add_probe_flags(p, held_out_recognisers=False)
+    cli.add_probe_flags(parser, held_out_recognisers=False)
+    p = parser
     p.add_argument("--count", type=int, default=8, help="probes (rows) to show (default 8)")
     p.add_argument("--pick", choices=("random", "worst", "best"), default="random",
                    help="which probes: random (seeded), worst or best by the first DSR's "
                         "similarity to HR (default random)")
-    add_seed_flag(p, "seed for --pick random", 0)
+    cli.add_seed_flag(p, "seed for --pick random", 0)
     p.add_argument("--out", required=True, help="the PNG file to write")
-    add_debug_flag(p)
+    cli.add_debug_flag(p)
     return p
 
 
 def _compare(args: argparse.Namespace) -> int:
     from tune_dsr.evaluation.grid import probe_grid, save_grid
-    from tune_dsr.evaluation.probes import (
-        load_dsrs,
-        load_probe_set,
-        load_recognisers,
-        resolve_split,
-    )
+    from tune_dsr.evaluation.probes import load_recognisers, open_probes
     from tune_dsr.evaluation.protocols import check_threshold
-    from tune_dsr.hardware import resolve_device
 
     check_threshold(args.threshold)
     check_at_least(args, count=1, batch_size=1, max_images=0)
     check_writable_file(args.out, "--out")
-    split = resolve_split(args.data_root, args.test_dir)
-    device = resolve_device(args.device or "auto")
-    dsrs = load_dsrs(args.dsr, device)
-    data = load_probe_set(split, dsrs, max_images=args.max_images or 0)
+    probes = open_probes(dsr_paths=args.dsr, data_root=args.data_root, test_dir=args.test_dir,
+                         device=args.device, max_images=args.max_images)
+    data, dsrs, device = probes.data, probes.dsrs, probes.device
     identity_net = next(iter(load_recognisers([args.edgeface], device).values()))
 
     grid = probe_grid(data, dsrs, identity_net, count=args.count, pick=args.pick, seed=args.seed,
@@ -76,7 +64,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), _compare, argv)
+    return cli.run_cli(build_parser(), _compare, argv)
 
 
 if __name__ == "__main__":

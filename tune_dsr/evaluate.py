@@ -59,26 +59,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         GalleryFaces,
         check_distractors,
         default_distractor_roots,
-        load_dsrs,
-        load_probe_set,
         load_recognisers,
-        resolve_split,
+        open_probes,
     )
     from tune_dsr.evaluation.protocols import check_threshold, evaluate
     from tune_dsr.evaluation.report import format_report, write_csv
-    from tune_dsr.hardware import resolve_device
 
     # Everything that can be refused is read and checked before any network runs.
     check_threshold(args.threshold)
     check_at_least(args, batch_size=1, resamples=100, max_images=0)
     if args.csv:
         check_writable_file(args.csv, "--csv")
-    split = resolve_split(args.data_root, args.test_dir)
-    device = resolve_device(args.device or "auto")
-    dsrs = load_dsrs(args.dsr, device)
-    data = load_probe_set(split, dsrs, max_images=args.max_images or 0)
+    probes = open_probes(dsr_paths=args.dsr, data_root=args.data_root, test_dir=args.test_dir,
+                         device=args.device, max_images=args.max_images)
+    data, dsrs, device = probes.data, probes.dsrs, probes.device
     roots = ([Path(r).expanduser().resolve() for r in args.distractor_dir]
-             if args.distractor_dir else default_distractor_roots(split))
+             if args.distractor_dir else default_distractor_roots(probes.split))
     distractors = [GalleryFaces.scan(root, data.hr_size) for root in dict.fromkeys(roots)]
     check_distractors(data, distractors)
     recognisers = load_recognisers(args.edgeface, device)

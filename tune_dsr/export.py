@@ -14,6 +14,11 @@ import sys
 
 from tune_dsr.cli import add_debug_flag, run_cli
 
+__all__ = [
+    "build_parser",
+    "main",
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune_dsr.export",

@@ -9,14 +9,18 @@ be slower than float32, so it is off.
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 
 import torch
 
 from tune_dsr.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "autocast_dtype",
+    "cpu_supports_bf16",
+    "resolve_device",
+]
+
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "luma",
+    "psnr",
+    "psnr_y",
+    "ssim",
+]
+
 _EPS = 1e-10
 
 

@@ -39,27 +39,19 @@ __all__ = [
     "ThresholdSweep",
     "WrongAnswer",
     "bootstrap_interval",
-    "bootstrap_means",
     "embed",
     "embed_batches",
-    "equal_error_rate",
     "gallery_means",
-    "identification_metrics",
     "identify",
     "leave_one_out_similarities",
     "margin",
     "paired_bootstrap",
     "per_subject_accuracy",
-    "roc_auc",
-    "roc_curve",
     "similarities",
     "subjects_below",
-    "tar_at_far",
     "threshold_sweep",
     "verdict",
-    "verification_metrics",
     "verification_metrics_from_similarity",
-    "verification_scores",
     "wrong_answers",
 ]
 
@@ -246,24 +238,7 @@ def identify(similarity: Tensor, labels: Tensor, threshold: float = 0.35) -> Ide
                           true_similarity=true, margin=spare, threshold=float(threshold))
 
 
-def identification_metrics(similarity: Tensor, labels: Tensor,
-                           threshold: float = 0.35) -> dict[str, float]:
-    """``identify(...).metrics()``: rank1, rank5, accuracy, unknown_rate and margin."""
-    return identify(similarity, labels, threshold).metrics()
-
-
 # ----------------------------------------------------------------------------- verification
-
-def verification_scores(similarity: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """All probe-vs-gallery-subject comparisons: genuine scores (own subject) [N] and impostor
-    scores (every other row, distractors included) [N·(C−1)]. For a large gallery prefer
-    `verification_metrics_from_similarity`, which never builds the impostor vector."""
-    sim = similarity.detach().float().cpu()
-    labels = _check_labels(labels.cpu(), sim.shape[1])
-    own = torch.zeros_like(sim, dtype=torch.bool)
-    own.scatter_(1, labels[:, None], True)
-    return sim[own], sim[~own]
-
 
 class _ImpostorCounts:
     """For each distinct genuine score v_k: how many impostor scores are > v_k and = v_k.

@@ -16,6 +16,13 @@ from typing import Any
 
 from tune_dsr.cli import add_debug_flag, parse_settings, run_cli
 
+__all__ = [
+    "build_parser",
+    "main",
+    "options_from_args",
+    "print_best",
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags: one per `SearchOptions` field (``--num-samples`` sets ``num_samples``), then

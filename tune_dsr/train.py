@@ -7,7 +7,6 @@ Settings come from the guide's defaults, then ``--config`` (for example ``best.j
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -26,13 +25,19 @@ from tune_dsr.cli import (
     run_cli,
 )
 
+__all__ = [
+    "EpochPrinter",
+    "build_parser",
+    "config_from_args",
+    "main",
+]
+
 if TYPE_CHECKING:
     from torch import Tensor
 
     from tune_dsr.config import Config
     from tune_dsr.training.trainer import Trainer
 
-logger = logging.getLogger("tune_dsr.train")
 
 
 class EpochPrinter:

@@ -12,7 +12,6 @@ new best epoch); `probe_grid` picks and runs the probes of a set (``python -m tu
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["PICKS", "ProbeGrid", "comparison_grid", "grid_size", "pick_probes", "probe_grid",
            "save_grid"]
 
-logger = logging.getLogger(__name__)
 
 PICKS = ("random", "worst", "best")
 GAP = 2  # pixels between tiles

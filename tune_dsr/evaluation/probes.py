@@ -7,7 +7,6 @@ used with an error that names the file and the fix.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,15 +25,16 @@ if TYPE_CHECKING:
 __all__ = [
     "GalleryFaces",
     "LoadedDSR",
+    "Probes",
     "check_distractors",
     "default_distractor_roots",
     "load_dsrs",
     "load_probe_set",
     "load_recognisers",
+    "open_probes",
     "resolve_split",
 ]
 
-logger = logging.getLogger(__name__)
 
 _SPLIT_FIX = ("pass --test-dir, a split folder that holds hr_images/ and vlr_images/ (or "
               "vlr_images_NxN/), e.g. DATA/test_processed, or --data-root, a root that holds "
@@ -280,3 +280,27 @@ def check_distractors(data: PairedFaces, distractors: Sequence[GalleryFaces]) ->
                 "right answer would count as wrong. Pass --distractor-dir folders of other "
                 "subjects (the splits are by subject: train_processed/ and val_processed/ beside "
                 "a test split).")
+
+
+@dataclass
+class Probes:
+    """What `evaluate` and `compare` run on: the split, the device, the DSRs and the probes."""
+
+    split: Path
+    device: torch.device
+    dsrs: list[LoadedDSR]
+    data: PairedFaces
+
+
+def open_probes(*, dsr_paths: Sequence[str | Path], data_root: str | Path | None = None,
+                test_dir: str | Path | None = None, device: str | None = None,
+                max_images: int | None = None) -> Probes:
+    """The probes' split (`resolve_split`), the device (``auto`` by default), every DSR checkpoint
+    (`load_dsrs`) and the probes at the DSRs' VLR size (`load_probe_set`): everything read and
+    checked before any network runs."""
+    from tune_dsr.hardware import resolve_device
+
+    split = resolve_split(data_root, test_dir)
+    resolved = resolve_device(device or "auto")
+    dsrs = load_dsrs(dsr_paths, resolved)
+    return Probes(split, resolved, dsrs, load_probe_set(split, dsrs, max_images=max_images or 0))

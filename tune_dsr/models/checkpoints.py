@@ -42,6 +42,20 @@ from tune_dsr.models.edgeface import (
     build_edgeface,
 )
 
+__all__ = [
+    "DSR_FORMAT",
+    "TRAINER_STATE_FORMAT",
+    "DSRCheckpoint",
+    "build_dsr",
+    "load_dsr",
+    "load_edgeface",
+    "read_dsr_checkpoint",
+    "read_trainer_state",
+    "resolve_dsr_path",
+    "save_dsr",
+    "write_trainer_state",
+]
+
 logger = logging.getLogger(__name__)
 
 

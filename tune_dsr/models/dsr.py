@@ -7,7 +7,6 @@ residual over a bicubic upscale of its input (a global skip that SR practice fin
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch.nn.functional as F
@@ -15,7 +14,12 @@ from torch import Tensor, nn
 
 from tune_dsr.config import ModelConfig
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DSR",
+    "ResidualBlock",
+    "upscale_factors",
+]
+
 
 
 def upscale_factors(vlr_size: int, hr_size: int) -> list[int]:

@@ -11,7 +11,6 @@ Reading checkpoint files is `tune_dsr.models.checkpoints.load_edgeface`.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import timm
@@ -19,7 +18,16 @@ from torch import Tensor, nn
 
 from tune_dsr.errors import EdgeFaceError
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "LDC_VARIANT",
+    "VARIANTS",
+    "EdgeNeXtIdentityNet",
+    "IdentityNet",
+    "LDCIdentityNet",
+    "LowRankLinear",
+    "build_edgeface",
+]
+
 
 LDC_VARIANT = "ldc_edgeface_s"
 

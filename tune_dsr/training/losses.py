@@ -19,6 +19,15 @@ from torch import Tensor, nn
 from tune_dsr.config import LossConfig
 from tune_dsr.errors import PerceptualWeightsError
 
+__all__ = [
+    "TERMS",
+    "DSRLoss",
+    "Perceptual",
+    "build_vgg",
+    "load_loss_networks",
+    "total_variation",
+]
+
 logger = logging.getLogger(__name__)
 
 TERMS = ("l1", "perceptual", "identity", "feature_match", "tv")

@@ -36,6 +36,16 @@ from tune_dsr.training.augment import augment_pair
 from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual
 from tune_dsr.training.validation import ValidationGallery
 
+__all__ = [
+    "GRID_PROBES",
+    "Callback",
+    "RunResult",
+    "Trainer",
+    "TrainingDiverged",
+    "WarmupCosine",
+    "prepare_run",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -26,6 +26,15 @@ from tune_dsr.data import PairedFaces, bicubic_upscale
 from tune_dsr.errors import ConfigError
 from tune_dsr.recognition import embed_batches, gallery_means, identify, similarities
 
+__all__ = [
+    "DISTRACTOR_IMAGES_PER_SUBJECT",
+    "SOFT_RANK1_TEMPERATURE",
+    "Embed",
+    "ValidationGallery",
+    "paired_half_width",
+    "soft_rank1",
+]
+
 logger = logging.getLogger(__name__)
 
 # Training images per subject that enrol it as a distractor: enough for a stable mean, and a cap

@@ -36,6 +36,17 @@ from search_spaces import SearchSpace
 from tune_dsr.errors import ConfigError
 from tune_dsr.tuning.experiment import is_uri, trial_folder
 
+__all__ = [
+    "AshaStateCallback",
+    "FixedConfigs",
+    "PrivateApiChanged",
+    "PruneAwareOptunaSearch",
+    "check_private_api",
+    "check_storage_reachable",
+    "make_sampler",
+    "trial_dirname",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -48,6 +48,21 @@ from tune_dsr.tuning.options import (
 if TYPE_CHECKING:
     from tune_dsr.data import PairedFaces
 
+__all__ = [
+    "SearchData",
+    "SearchOptions",
+    "build_confirmation",
+    "build_tuner",
+    "check_cluster",
+    "check_study_matches",
+    "confirmation_configs",
+    "connect_ray",
+    "load_data",
+    "plan_search",
+    "resume_plan",
+    "run_search",
+]
+
 logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ so the trainer's own patience is switched off here.
 from __future__ import annotations
 
 import functools
-import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,14 @@ from tune_dsr.training.losses import load_loss_networks
 from tune_dsr.training.trainer import Callback, Trainer
 from tune_dsr.tuning.experiment import is_uri, trial_folder
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "STATE_FILE",
+    "TuneReporter",
+    "make_trainable",
+    "train_dsr",
+    "trial_output_dir",
+]
+
 
 STATE_FILE = "state.pt"
 
