@@ -4,6 +4,7 @@
     exp = load_experiment("tune_results/NAME")        # or "s3://bucket/tune_results/NAME"
     exp.trials                  # one row per trial, best first by the search's objective
     exp.history                 # one row per trial and epoch
+    exp.top(5)                  # the ranking export's --rank takes: confirmed configurations first
     exp.top(5, "val_psnr")      # the five best trials by another metric
     exp.pareto("val_psnr", "val_margin")
     exp.importance(), exp.rungs(), exp.best_checkpoint()
@@ -18,7 +19,13 @@ result lines and ERROR trials are all expected. The folder can be local or a sto
 ``result.json`` (one JSON line per reported epoch), and the search adds ``search_plan.json`` and
 ``optuna_study.db`` (`tune_dsr.tuning.experiment`).
 
-The functions below `Experiment` (`load_trials`, `trials_frame`, `history_frame`, `epochs_saved`,
+Any of these files may be damaged (cut short by a crash, or edited by hand). A trial folder with
+a damaged file is left out with a warning naming the file (`Experiment.damaged` lists them), as
+are Tune's statuses and the study: the rest of the experiment still ranks and exports. A damaged
+``search_plan.json`` is refused (ConfigError naming the file, what is wrong and the fix): without
+it the objective is unknown.
+
+The functions below `Experiment` (`load_trials`, `trials_frame`, `epochs_saved`,
 `unfinished_trials`) are the lower-level readers that export and the search use.
 """
 
@@ -26,12 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,7 +48,18 @@ import pandas as pd
 
 from tune_dsr.config import direction
 from tune_dsr.errors import ConfigError
-from tune_dsr.tuning.experiment import CONFIRM_DIR, STUDY_FILE, SearchPlan, filesystem, is_uri, join
+from tune_dsr.tuning.experiment import (
+    CONFIRM_DIR,
+    DAMAGE,
+    STUDY_FILE,
+    DamagedFileError,
+    SearchPlan,
+    decode_text,
+    filesystem,
+    is_uri,
+    join,
+    parse_json,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +71,6 @@ __all__ = [
     "Winner",
     "asha_milestones",
     "epochs_saved",
-    "history_frame",
     "load_experiment",
     "load_trials",
     "trials_frame",
@@ -227,18 +243,22 @@ class Verdict:
 class Experiment:
     """A search's experiment folder, read once by `load_experiment`.
 
-    `trials` and `history` are the frames of `trials_frame` and `history_frame`, ranked by the
-    search's objective (`metric`, `mode`); the methods rank by other metrics from the same
-    records, without reading the folder again.
+    `trials` (one row per trial, the frame of `trials_frame`) is the search's own ranking by its
+    objective (`metric`, `mode`), and `history` has one row per trial and epoch. `top` is the
+    ranking a user picks from, the one ``tune_dsr.export --rank`` takes: it puts the confirmed
+    configurations first, and ranks by other metrics from the same records, without reading the
+    folder again. `damaged` lists the files left out (a message each).
     """
 
     def __init__(self, path: str, plan: SearchPlan | None, records: list[TrialRecord],
                  statuses: dict[str, str], metric: str, mode: str,
-                 confirm_records: list[TrialRecord] | None = None) -> None:
+                 confirm_records: list[TrialRecord] | None = None,
+                 damaged: list[str] | None = None) -> None:
         self.path = path
         self.plan = plan
         self.records = records
         self.statuses = statuses  # every trial Tune knows of, folders or not yet
+        self.damaged = list(damaged or [])  # the damaged files left out, a message each
         self.metric, self.mode = metric, mode
         self.max_epochs = plan.max_epochs if plan else _full_length(records)
         self.patience = plan.patience if plan else 0
@@ -296,11 +316,27 @@ class Experiment:
         if not study_path.is_file():  # loading a missing SQLite file would create it
             return None
         import optuna
+        import sqlalchemy.exc
 
         storage = f"sqlite:///{study_path}"
-        names = optuna.get_all_study_names(storage)
-        name = self.plan.name if self.plan.name in names or len(names) != 1 else names[0]
-        return optuna.load_study(study_name=name, storage=storage)
+        with open(study_path, "rb") as f:
+            # Optuna would write its tables into an empty or foreign file: look before opening.
+            sqlite = f.read(16) == b"SQLite format 3\x00"
+        try:
+            if not sqlite:
+                raise ValueError("not an SQLite database")
+            names = optuna.get_all_study_names(storage)
+            name = self.plan.name if self.plan.name in names or len(names) != 1 else names[0]
+            return optuna.load_study(study_name=name, storage=storage)
+        except (ValueError, sqlalchemy.exc.SQLAlchemyError, KeyError) as exc:
+            # KeyError: an SQLite database without the study.
+            reason = ("no Optuna study in it" if isinstance(exc, KeyError)
+                      else str(getattr(exc, "orig", None) or exc).splitlines()[0])
+            message = f"{study_path} is not a readable Optuna study ({reason}): {DAMAGE}"
+            logger.warning("%s. The searched hyperparameters come from the preset instead, and "
+                           "the importances from the trials' values.", message)
+            self.damaged.append(message)
+            return None
 
     def trial(self, trial_id: str) -> TrialRecord:
         """One trial's record; ConfigError naming the trials for an unknown id."""
@@ -318,39 +354,81 @@ class Experiment:
                                                 self.patience)
         return self._ranked[metric]
 
-    def top(self, k: int = 5, metric: str | None = None) -> pd.DataFrame:
-        """The `k` best trials by `metric` (default: the objective), each at its best epoch by
-        that metric; indexed by rank from 1, the rank ``tune_dsr.export --rank`` takes.
+    def top(self, k: int | None = 5, metric: str | None = None, *,
+            confirmed: bool = True) -> pd.DataFrame:
+        """The `k` best configurations (None: all) by `metric` (default: the objective), one
+        row per trial at its best epoch by that metric, indexed by rank from 1: the rank
+        ``tune_dsr.export --rank`` takes, and `winner` is rank 1.
+
+        By the search's objective, the configurations the search confirmed (``--confirm``) come
+        first, best mean of their confirmation runs first, then the other trials by their own
+        best value: a search's best single run is partly luck, a mean of new runs less so.
+        `confirm_runs` and `confirmed_mean` say where a rank comes from those runs (0 and NaN
+        where it comes from the trial's own ``value``). With ``confirmed=False``, or by another
+        metric (the runs were chosen and valued by the objective), every trial ranks by its own
+        value: the search's order, the one ``--confirm`` picks from.
 
         Trials with no value yet (no epoch reported, or failed at once) are left out.
         """
-        ranked = self._ranking(metric or self.metric)
-        top = ranked[ranked["value"].notna()].head(k)
+        metric = metric or self.metric
+        ranked = self._ranking(metric)
+        ranked = ranked[ranked["value"].notna()]
+        confirmations = self._confirmations if confirmed and self._confirms_rank(metric) else \
+            self._confirmations.iloc[0:0]
+        confirmations = confirmations[confirmations.index.isin(ranked["trial_id"])]
+        order = [*confirmations.index,
+                 *(t for t in ranked["trial_id"] if t not in confirmations.index)]
+        out = ranked.set_index("trial_id", drop=False).loc[order].reset_index(drop=True)
+        at = out.columns.get_loc("value") + 1
+        out.insert(at, "confirm_runs",
+                   out["trial_id"].map(confirmations["runs"]).fillna(0).astype(int))
+        out.insert(at + 1, "confirmed_mean",
+                   out["trial_id"].map(confirmations["mean"]).astype(float))
+        top = out if k is None else out.head(k)
         return top.set_axis(pd.RangeIndex(1, len(top) + 1, name="rank"))
 
-    def pareto(self, x: str, y: str) -> pd.DataFrame:
-        """The trials no other trial beats on both `x` and `y` (each metric's better direction
-        from `tune_dsr.config.METRICS`), sorted best first by `x`.
+    def _confirms_rank(self, metric: str) -> bool:
+        """Whether confirmation runs rank configurations by `metric`: only by the search's own
+        objective, the metric they were chosen by and `confirmations` values them by."""
+        return self.plan is not None and metric == self.metric == self.plan.metric
 
-        Each trial is taken at its best epoch by the objective, the epoch its ``best.pt`` holds,
-        so every point on the front is a model one can pick (other epochs' weights are gone).
-        """
-        columns, signs = [], []
-        for metric in (x, y):
-            signs.append(1.0 if direction(metric) == "max" else -1.0)
-            column = f"metric/{metric}"
-            if column not in self.trials:
-                raise ConfigError(f"metric {metric!r} was not reported by any trial of "
-                                  f"{self.path}")
-            columns.append(column)
-        frame = self.trials.dropna(subset=columns)
-        points = frame[columns].to_numpy(dtype=float) * np.array(signs)  # higher is better
-        at_least = (points[None, :, :] >= points[:, None, :]).all(axis=-1)
-        better = (points[None, :, :] > points[:, None, :]).any(axis=-1)
-        dominated = (at_least & better).any(axis=1)  # [i]: some trial j beats trial i
-        front = frame[~dominated]
-        return front.sort_values(columns[0], ascending=signs[0] < 0, kind="stable",
-                                 ignore_index=True)
+    @property
+    def objectives(self) -> list[str]:
+        """A multi-objective search's objectives (its plan's); [] for a single-objective one."""
+        return list(self.plan.objectives) if self.plan is not None else []
+
+    def front(self, objectives: Sequence[str] | None = None) -> pd.DataFrame:
+        """Every trial's point and its non-dominated front (`tune_dsr.tuning.front.front_frame`):
+        by the search's objectives, or any two or three reported metrics. Front 0 first, best
+        first by the first objective; dominated trials follow, with the epoch a scheduler or
+        the patience stopped each at (``stopped_at``)."""
+        from tune_dsr.tuning.front import front_frame
+
+        chosen = list(objectives or self.objectives)
+        if not chosen:
+            raise ConfigError(f"{self.path} searched one objective ({self.metric}); name the "
+                              "metrics to draw a front of, e.g. front(['val_margin', "
+                              "'val_psnr'])")
+        for metric in chosen:
+            direction(metric)  # a known metric, or a message naming the known ones
+        return front_frame(self.trials, chosen)
+
+    def describe_front(self, objectives: Sequence[str] | None = None) -> str:
+        """The front as text, as the search prints it at its end."""
+        from tune_dsr.tuning.front import describe
+
+        chosen = list(objectives or self.objectives)
+        return describe(self.front(chosen), chosen)
+
+    def pareto(self, x: str, y: str) -> pd.DataFrame:
+        """The trials no other trial beats on both `x` and `y`: front 0 of `front([x, y])`,
+        as rows of the trials frame, best first by `x`. Each trial is taken at its best epoch by
+        the objective, the epoch its ``best.pt`` holds, so every point on the front is a model
+        one can pick (other epochs' weights are gone)."""
+        points = self.front([x, y])
+        ids = list(points.loc[points["front"] == 0, "trial_id"])
+        rows = self.trials.set_index("trial_id").loc[ids].reset_index()
+        return rows
 
     # ------------------------------------------------------------ confirmation and verdict
     def confirmations(self) -> pd.DataFrame:
@@ -384,23 +462,23 @@ class Experiment:
         return out.sort_values("mean", ascending=self.mode == "min", kind="stable")
 
     def winner(self) -> Winner:
-        """The configuration export takes: the best confirmed mean where the search confirmed
-        its top trials, else the best trial."""
-        confirmed = self.confirmations()
-        if not confirmed.empty:
-            trial_id = str(confirmed.index[0])
-            row = confirmed.iloc[0]
-            runs = self.confirm_trials[self.confirm_trials["confirms"] == trial_id]
-            runs = runs.sort_values("config/confirm_run")
-            return Winner(trial_id, str(row["anchor"]), float(row["mean"]), int(row["runs"]),
-                          float(row["low"]), float(row["high"]),
-                          [self.confirm_record(r) for r in runs["trial_id"]])
+        """The configuration export takes, rank 1 of `top`: the best confirmed mean where the
+        search confirmed its top trials, else the best trial."""
         top = self.top(1)
         if top.empty:
             raise ConfigError(f"no trial of {self.path} has reported {self.metric} yet; wait "
                               "for the search's first epoch, or --resume it")
-        trial_id = str(top["trial_id"].iloc[0])
-        return Winner(trial_id, self.trial(trial_id).anchor, float(top["value"].iloc[0]), 0,
+        row = top.iloc[0]
+        trial_id = str(row["trial_id"])
+        if row["confirm_runs"]:
+            confirmed = self._confirmations.loc[trial_id]
+            runs = self.confirm_trials[self.confirm_trials["confirms"] == trial_id]
+            runs = runs.sort_values("config/confirm_run")
+            return Winner(trial_id, str(confirmed["anchor"]), float(confirmed["mean"]),
+                          int(confirmed["runs"]), float(confirmed["low"]),
+                          float(confirmed["high"]),
+                          [self.confirm_record(r) for r in runs["trial_id"]])
+        return Winner(trial_id, self.trial(trial_id).anchor, float(row["value"]), 0,
                       math.nan, math.nan, [])
 
     def confirm_record(self, trial_id: str) -> TrialRecord:
@@ -575,14 +653,15 @@ def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> 
 
     `metric` ranks the trials (default: the search's objective, from its plan); an experiment
     from plain Ray Tune has no plan and needs it. ConfigError for a folder that holds no
-    search, or a metric that is unknown or was not reported.
+    search, a damaged plan, or a metric that is unknown or was not reported; a damaged trial
+    folder is left out with a warning (`Experiment.damaged`).
     """
     where = str(path)
     where = where.rstrip("/") if is_uri(where) else str(Path(where).expanduser().resolve())
     if metric is not None:
         direction(metric)  # an unknown metric is named before anything is read
     plan = SearchPlan.find(where)
-    records, statuses = _read_experiment(where, allow_empty=plan is not None)
+    folder = _read_experiment(where, allow_empty=plan is not None)
     if metric is None:
         if plan is None:
             raise ConfigError(f"{where} has no search plan (search_plan.json) to take the "
@@ -590,13 +669,16 @@ def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> 
         metric = plan.metric
     mode = plan.mode if plan is not None and metric == plan.metric else direction(metric)
     confirm_records: list[TrialRecord] = []
+    damaged = folder.damaged
     confirm = join(where, CONFIRM_DIR)
     fs, inner = filesystem(confirm)
     import pyarrow.fs
 
     if fs.get_file_info(inner).type == pyarrow.fs.FileType.Directory:
-        confirm_records = _read_experiment(confirm, allow_empty=True)[0]
-    return Experiment(where, plan, records, statuses, metric, mode, confirm_records)
+        runs = _read_experiment(confirm, allow_empty=True)
+        confirm_records, damaged = runs.records, [*damaged, *runs.damaged]
+    return Experiment(where, plan, folder.records, folder.statuses, metric, mode,
+                      confirm_records, damaged)
 
 
 def asha_milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
@@ -652,15 +734,30 @@ def _param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
 # ----------------------------------------------------------------------------- the readers
 
 def load_trials(experiment: str) -> list[TrialRecord]:
-    """Every trial of an experiment with its config and per-epoch results."""
+    """Every trial of an experiment with its config and per-epoch results (a damaged trial
+    folder is left out with a warning, see `_read_experiment`)."""
     where = experiment if is_uri(experiment) else str(Path(experiment).expanduser().resolve())
-    return _read_experiment(where, allow_empty=False)[0]
+    return _read_experiment(where, allow_empty=False).records
 
 
-def _read_experiment(experiment: str, allow_empty: bool
-                     ) -> tuple[list[TrialRecord], dict[str, str]]:
+@dataclass
+class _Folder:
+    """An experiment folder as read: its trials, Tune's statuses, and what was left out."""
+
+    records: list[TrialRecord]
+    statuses: dict[str, str]
+    damaged: list[str]  # one message per damaged file, naming it and what is wrong
+
+
+def _read_experiment(experiment: str, allow_empty: bool) -> _Folder:
     """The trials of the folder `experiment` (an absolute path or a URI), sorted by folder, and
-    Tune's status of every trial it knows of."""
+    Tune's status of every trial it knows of.
+
+    A trial folder with a damaged file (params.json that is not a JSON object, a result.json
+    line that is not one, other than a last line still being written, an unreadable
+    progress.csv) is left out with a warning that names the file: the other trials still rank
+    and export. A damaged Tune state leaves the statuses unknown, likewise.
+    """
     import pyarrow.fs
 
     fs, root = filesystem(experiment)
@@ -668,7 +765,8 @@ def _read_experiment(experiment: str, allow_empty: bool
         raise ConfigError(f"experiment folder {experiment} does not exist or is not a folder; "
                           "give the folder a search wrote (<storage-path>/<name>)")
     entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
-    statuses = _trial_statuses(fs, entries)
+    damaged: list[str] = []
+    statuses = _trial_statuses(fs, entries, experiment, damaged)
     trials = []
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.Directory:
@@ -676,23 +774,32 @@ def _read_experiment(experiment: str, allow_empty: bool
         names = {e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(entry.path))}
         if "params.json" not in names:
             continue
+        where = join(experiment, entry.base_name)
         try:
-            with fs.open_input_stream(f"{entry.path}/params.json") as f:
-                config = json.loads(f.read().decode())
-        except json.JSONDecodeError:  # caught while Tune writes it: the trial is just starting
-            logger.warning("%s: params.json is incomplete; trial left out", entry.path)
+            config = parse_json(_read_bytes(fs, f"{entry.path}/params.json"),
+                                f"{where}/params.json", expect=dict)
+            history = _read_history(fs, entry.path, names, where)
+        except DamagedFileError as exc:
+            logger.warning("%s. Trial folder %s left out; the other trials are read.", exc,
+                           entry.base_name)
+            damaged.append(str(exc))
             continue
-        history = _read_history(fs, entry.path, names)
-        trial_id = history[0]["trial_id"] if history else entry.base_name.split("_")[-1]
+        trial_id = str(next((r["trial_id"] for r in history if r.get("trial_id")),
+                            entry.base_name.split("_")[-1]))
         # error.txt stays behind when a retry recovered: the experiment state has the verdict.
         status = statuses.get(trial_id)
         error = status == "ERROR" if status else "error.txt" in names
-        trials.append(TrialRecord(trial_id, join(experiment, entry.base_name), config, history,
-                                  error, status, frozenset(names)))
+        trials.append(TrialRecord(trial_id, where, config, history, error, status,
+                                  frozenset(names)))
     if not trials and not allow_empty:
-        raise ConfigError(f"{experiment} holds no trials (no trial folder with params.json); is "
-                          "it an experiment folder written by tune_dsr.search?")
-    return sorted(trials, key=lambda t: t.path), statuses
+        raise ConfigError(f"{experiment} holds no trials (no trial folder with a readable "
+                          "params.json); is it an experiment folder written by tune_dsr.search?")
+    return _Folder(sorted(trials, key=lambda t: t.path), statuses, damaged)
+
+
+def _read_bytes(fs: Any, inner: str) -> bytes:
+    with fs.open_input_stream(inner) as f:
+        return bytes(f.read())
 
 
 def _complete_lines(text: str) -> str:
@@ -700,22 +807,39 @@ def _complete_lines(text: str) -> str:
     return text[: text.rfind("\n") + 1]
 
 
-def _read_history(fs: Any, folder: str, names: set[str]) -> list[dict[str, Any]]:
+def _read_history(fs: Any, folder: str, names: set[str], where: str) -> list[dict[str, Any]]:
     """Per-epoch results of one trial, one row per epoch (the last report of an epoch wins).
 
     Ray rewrites result.json when a failed trial restarts, while progress.csv keeps the epochs
-    from before the failure; whichever holds more epochs is used.
+    from before the failure; whichever holds more epochs is used. Text after the last newline
+    is a line Ray is still writing and is left for the next read; any other line that is not a
+    JSON object, or a progress.csv pandas cannot read, raises DamagedFileError naming the file.
     """
     logs: list[list[dict[str, Any]]] = [[]]
     if "result.json" in names:
-        with fs.open_input_stream(f"{folder}/result.json") as f:
-            lines = _complete_lines(f.read().decode()).splitlines()
-        logs.append([json.loads(line) for line in lines if line.strip()])
+        source = f"{where}/result.json"
+        text = _complete_lines(decode_text(_read_bytes(fs, f"{folder}/result.json"), source))
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = parse_json(line, source, expect=dict, line=number)
+            epoch = row.get("epoch", 0)
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+                raise DamagedFileError(f"{source} line {number} has epoch {epoch!r}, not a "
+                                       f"number: {DAMAGE}", source)
+            rows.append(row)
+        logs.append(rows)
     if "progress.csv" in names:
-        with fs.open_input_stream(f"{folder}/progress.csv") as f:
-            text = _complete_lines(f.read().decode())
+        source = f"{where}/progress.csv"
+        text = _complete_lines(decode_text(_read_bytes(fs, f"{folder}/progress.csv"), source))
         if text.strip():
-            frame = pd.read_csv(io.StringIO(text))
+            try:
+                frame = pd.read_csv(io.StringIO(text))
+            except pd.errors.ParserError as exc:
+                reason = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+                raise DamagedFileError(f"{source} is not a readable CSV table ({reason}): "
+                                       f"{DAMAGE}", source) from None
             logs.append([{k: _python(v) for k, v in row.items()}
                          for row in frame.to_dict("records")])
     by_epoch = {r.get("epoch", i): r for i, r in enumerate(max(logs, key=_epoch_count))}
@@ -733,23 +857,39 @@ def _python(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
-def _trial_statuses(fs: Any, entries: list[Any]) -> dict[str, str]:
-    """Trial id -> Tune status, from the newest experiment_state-*.json (if any)."""
-    states = sorted(e.path for e in entries if e.base_name.startswith("experiment_state-")
+def _trial_statuses(fs: Any, entries: list[Any], experiment: str,
+                    damaged: list[str] | None = None) -> dict[str, str]:
+    """Trial id -> Tune status, from the newest experiment_state-*.json (if any).
+
+    A damaged state file (caught mid-write, or edited) leaves every status unknown, with a
+    warning naming it: the trial folders still tell failed trials apart (error.txt).
+    """
+    states = sorted(e.base_name for e in entries if e.base_name.startswith("experiment_state-")
                     and e.base_name.endswith(".json"))
     if not states:
         return {}
-    with fs.open_input_stream(states[-1]) as f:
-        text = f.read().decode()
+    source = join(experiment, states[-1])
+    inner = next(e.path for e in entries if e.base_name == states[-1])
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:  # caught mid-write: the trial folders still tell errors apart
-        logger.warning("%s is incomplete; trial statuses unknown", states[-1])
+        data = parse_json(_read_bytes(fs, inner), source, expect=dict)
+        trial_data = data.get("trial_data", [])
+        if not isinstance(trial_data, list):
+            raise DamagedFileError(f"{source} holds trial_data that is not a list: {DAMAGE}",
+                                   source)
+        statuses = {}
+        for number, entry in enumerate(trial_data):
+            meta = (parse_json(entry[0], f"{source} trial_data[{number}]", expect=dict)
+                    if isinstance(entry, list) and entry and isinstance(entry[0], str) else None)
+            if meta is None or not isinstance(meta.get("trial_id"), str):
+                raise DamagedFileError(f"{source} trial_data[{number}] is not a Tune trial "
+                                       f"(no trial_id): {DAMAGE}", source)
+            statuses[meta["trial_id"]] = str(meta.get("status", ""))
+    except DamagedFileError as exc:
+        logger.warning("%s. Trial statuses unknown: failed trials are told by their error.txt, "
+                       "and none counts as unfinished.", exc)
+        if damaged is not None:
+            damaged.append(str(exc))
         return {}
-    statuses = {}
-    for entry in data.get("trial_data", []):
-        meta = json.loads(entry[0])
-        statuses[meta["trial_id"]] = meta.get("status", "")
     return statuses
 
 
@@ -758,18 +898,13 @@ def unfinished_trials(experiment: str) -> list[str]:
     import pyarrow.fs
 
     fs, root = filesystem(experiment)
-    statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)))
+    statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)), experiment)
     return [t for t, s in statuses.items() if s in UNFINISHED]
 
 
 def _history(trials: list[TrialRecord]) -> pd.DataFrame:
     rows = [{"trial_id": t.trial_id, **r} for t in trials for r in t.history]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["trial_id", "epoch"])
-
-
-def history_frame(experiment: str) -> pd.DataFrame:
-    """One row per (trial, epoch) with every reported metric."""
-    return _history(load_trials(experiment))
 
 
 def _trials(experiment: str | list[TrialRecord]) -> list[TrialRecord]:

@@ -18,25 +18,31 @@ Only the standard library is imported at module level: the CLIs use this before 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+import types
+import uuid
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from tune_dsr.errors import ConfigError
 
 __all__ = [
     "BEST_FILE",
     "CONFIRM_DIR",
+    "DAMAGE",
     "PLAN_FILE",
     "STUDY_FILE",
     "SUPPORTED_SCHEMES",
     "TRIAL_PREFIX",
+    "DamagedFileError",
     "SearchPlan",
+    "decode_text",
     "exists",
     "filesystem",
     "is_uri",
     "join",
-    "list_dir",
+    "parse_json",
     "read_json",
     "read_text",
     "resolve_storage",
@@ -51,6 +57,21 @@ STUDY_FILE = "optuna_study.db"
 BEST_FILE = "best_config.json"
 CONFIRM_DIR = "confirm"  # the confirmation runs: a Tune experiment inside the search's folder
 SUPPORTED_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "file://")
+# Why a file of an experiment is not what its writer wrote, in every message that finds one.
+DAMAGE = "a crash while writing it, or a hand edit"
+
+
+class DamagedFileError(ConfigError):
+    """A file of an experiment that cannot be read as what it should be: its message names the
+    file and what is wrong with it; `path` is the file (a local path or URI). Readers that can do
+    without the file (one trial of many) log it and go on; the others add the fix and refuse."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path))
 
 
 def trial_folder(trial_id: str) -> str:
@@ -87,25 +108,83 @@ def filesystem(path: str) -> tuple[Any, str]:
     return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
 
 
+def decode_text(data: bytes, source: str) -> str:
+    """`data` (the bytes of the file `source`) as UTF-8 text; DamagedFileError if it is not."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                               f"{DAMAGE}", source) from None
+
+
+def parse_json(text: str | bytes, source: str, expect: type | None = None,
+               line: int | None = None) -> Any:
+    """The JSON document `text` read from `source` (a file, or its line `line`): the one place
+    that turns a damaged document into a message naming the file and what is wrong with it.
+
+    `expect` (dict or list) is the JSON type the document must have. DamagedFileError otherwise.
+    """
+    where = source if line is None else f"{source} line {line}"
+    if isinstance(text, bytes):
+        text = decode_text(text, source)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = (f"column {exc.colno}" if line is not None
+              else f"line {exc.lineno}, column {exc.colno}")
+        empty = "" if text.strip() else ", it is empty"
+        # "Unterminated string starting at" + " at line 1": one "at".
+        raise DamagedFileError(f"{where} is not valid JSON ({exc.msg.removesuffix(' at')} at "
+                               f"{at}{empty}): "
+                               f"{DAMAGE}", source) from None
+    if expect is not None and not isinstance(document, expect):
+        raise DamagedFileError(f"{where} holds {_json_kind(document)} where {_kind_name(expect)} "
+                               f"belongs: {DAMAGE}", source)
+    return document
+
+
 def read_text(path: str) -> str:
+    """The text of the file `path` (local or URI); DamagedFileError if it is not UTF-8."""
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as f:
-        return bytes(f.read()).decode()
+        return decode_text(bytes(f.read()), path)
+
+
+def read_json(path: str, expect: type | None = None) -> Any:
+    """The JSON document in the file `path` (see `parse_json`)."""
+    return parse_json(read_text(path), path, expect)
 
 
 def write_text(path: str, text: str) -> None:
-    """Write `text` at `path`, creating its folder."""
-    fs, inner = filesystem(path)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner) as out:
-        out.write(text.encode())
+    """Write `text` at `path`, creating its folder; all or nothing.
 
-
-def read_json(path: str) -> Any:
-    return json.loads(read_text(path))
+    A local file is written beside its target under a temporary name, then renamed over it: a
+    crash leaves the old file or the new one, never half of one, and no temporary file stays
+    behind. A URI is written through pyarrow's output stream (object stores write whole objects).
+    """
+    if is_uri(path):
+        fs, inner = filesystem(path)
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as out:
+            out.write(text.encode())
+        return
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        # 0o666 less the umask: the permissions a plain open() gives.
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w",
+                  encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)  # gone already once renamed
 
 
 def write_json(path: str, document: Any) -> None:
+    """`document` as indented JSON at `path` (see `write_text`)."""
     write_text(path, json.dumps(document, indent=2, default=_plain) + "\n")
 
 
@@ -122,13 +201,60 @@ def exists(path: str) -> bool:
     return bool(fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound)
 
 
-def list_dir(path: str) -> list[tuple[str, bool]]:
-    """(name, is_folder) of every entry of the folder `path`, sorted by name."""
-    import pyarrow.fs
+# ----------------------------------------------------------------------------- JSON types
 
-    fs, inner = filesystem(path)
-    entries = fs.get_file_info(pyarrow.fs.FileSelector(inner))
-    return sorted((e.base_name, e.type == pyarrow.fs.FileType.Directory) for e in entries)
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in the words of a message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) <= 40 else "a string"
+    return "a JSON list" if isinstance(value, list) else "a JSON object"
+
+
+_KIND_NAMES = {dict: ("a JSON object", "JSON objects"), list: ("a JSON list", "JSON lists"),
+               str: ("a string", "strings"), int: ("a whole number", "whole numbers"),
+               float: ("a number", "numbers"), bool: ("true or false", "true or false"),
+               type(None): ("null", "nulls")}
+
+
+def _kind_name(hint: Any, plural: bool = False) -> str:
+    """A type annotation of a plan field in the words of a message ("a JSON object of ...")."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_kind_name(arg, plural) for arg in args)
+    names = _KIND_NAMES.get(origin or hint)
+    if names is None:
+        return "anything" if hint is Any else str(hint)
+    name = names[plural]
+    if origin in (dict, list) and args and args[-1] is not Any:
+        name += f" of {_kind_name(args[-1], plural=True)}"
+    return name
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a parsed JSON value fits a plan field's annotation (an int is a float too)."""
+    if hint is Any:
+        return True
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    return isinstance(value, origin or hint)
 
 
 @dataclass(frozen=True)
@@ -164,7 +290,9 @@ class SearchPlan:
     confirm_runs: int = 2
     # label -> the searched values of each anchor, run before TPE proposes anything
     anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # room for later keys, unread today
+    # Two or three objectives searched together (their Pareto front); `metric` is the first.
+    # Empty: one objective, `metric`.
+    objectives: list[str] = field(default_factory=list)
 
     @property
     def experiment_path(self) -> str:
@@ -182,19 +310,36 @@ class SearchPlan:
 
     @classmethod
     def load(cls, experiment_path: str) -> SearchPlan:
-        """The plan of an existing experiment; ConfigError if the folder holds no search."""
+        """The plan of an existing experiment; ConfigError if the folder holds no search, or a
+        plan that is damaged: not JSON, not an object, fields missing or of the wrong type (each
+        named). Keys this version does not know (a newer tune_dsr's) are left out."""
         path = join(experiment_path, PLAN_FILE)
         if not exists(path):
             raise ConfigError(f"{experiment_path} holds no tune_dsr search ({PLAN_FILE} "
                               "missing); check --storage-path and --name")
-        raw = read_json(path)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        fix = (f"restore {PLAN_FILE} (undo the edit, or copy it back from a backup); without a "
+               "plan the trials can still be analysed as a plain Ray Tune experiment by moving "
+               "it aside and giving a metric (export --metric)")
+        try:
+            raw = read_json(path, expect=dict)
+        except DamagedFileError as exc:
+            raise ConfigError(f"{exc}; the search cannot be read or resumed without its plan: "
+                              f"{fix}") from None
+        hints = get_type_hints(cls)
+        missing = [f.name for f in fields(cls) if f.name not in raw
+                   and f.default is MISSING and f.default_factory is MISSING]
+        wrong = [f"{f.name} is {_json_kind(raw[f.name])}, not {_kind_name(hints[f.name])}"
+                 for f in fields(cls) if f.name in raw and not _matches(raw[f.name], hints[f.name])]
+        if missing or wrong:
+            problems = ([f"missing {', '.join(missing)}"] if missing else []) + wrong
+            raise ConfigError(f"{path} is not a complete search plan ({'; '.join(problems)}): "
+                              f"{DAMAGE}, or a plan from another tune_dsr version; {fix}")
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
     @classmethod
     def find(cls, experiment_path: str) -> SearchPlan | None:
-        """The plan if the experiment has one (an experiment from plain Ray Tune may not)."""
-        try:
-            return cls.load(experiment_path)
-        except ConfigError:
+        """The plan if the experiment has one (an experiment from plain Ray Tune may not); a
+        plan that is there but damaged is refused as `load` refuses it, not taken for none."""
+        if not exists(join(experiment_path, PLAN_FILE)):
             return None
+        return cls.load(experiment_path)
