@@ -8,6 +8,8 @@ one line per headline ratio, ``NAME: ×R (tune_dsr X vs baseline Y UNIT)`` with 
   (`benchmarks.reference`), for the guide's and a small DSR at 16 and 32 px.
 - search: ASHA + TPE vs the guide's way (every configuration to the full budget, patience
   stopping): epochs spent and the best objective reached, three seeds.
+- pareto: the Pareto-aware ASHA vs the same two-objective search at the full budget: epochs
+  spent and the hypervolume of the front found, three seeds.
 - overhead: an epoch inside a Tune trial vs the bare Trainer; a trial's start-up vs an epoch.
 - memory: host memory of four concurrent trials vs one.
 - gpu: throughput of one and of packed trials on one GPU, FLOPs and the bf16 matmul rate
@@ -37,10 +39,10 @@ from pathlib import Path
 
 from benchmarks.common import Context, PartResult, load_average, machine_lines, setup_torch
 
-PARTS = ("step", "search", "overhead", "memory", "gpu", "faces", "signals")
+PARTS = ("step", "search", "pareto", "overhead", "memory", "gpu", "faces", "signals")
 # Run when --only is not given; faces and signals run only when asked for (about half an hour
 # each on a real face set).
-DEFAULT_PARTS = ("step", "search", "overhead", "memory", "gpu")
+DEFAULT_PARTS = ("step", "search", "pareto", "overhead", "memory", "gpu")
 
 
 def _part(name: str) -> Callable[[Context], PartResult]:
@@ -51,6 +53,9 @@ def _part(name: str) -> Callable[[Context], PartResult]:
     if name == "search":
         from benchmarks import search
         return search.run
+    if name == "pareto":
+        from benchmarks import pareto
+        return pareto.run
     if name in ("overhead", "memory"):
         from benchmarks import trials
         return trials.run_overhead if name == "overhead" else trials.run_memory

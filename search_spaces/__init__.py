@@ -7,6 +7,8 @@ A preset module defines
 - ``METRIC``: the objective, a validation metric the trainer reports (`tune_dsr.config.METRICS`,
   which also says whether higher or lower is better; an optional ``MODE`` must agree with it);
 - ``GUIDE``: the guide's own values for the preset;
+- or, instead of ``METRIC``, ``OBJECTIVES``: two or three metrics searched together for their
+  Pareto front (`balanced`); the first is the one a trial keeps its best epoch by;
 - optionally ``DESCRIPTION``, ``MAX_EPOCHS`` (default 100), ``GRACE_PERIOD`` (default 10),
   ``PATIENCE`` (epochs a trial may go without beating its own best before it ends; default the
   grace period) and ``ANCHORS``.
@@ -42,7 +44,7 @@ import optuna
 from tune_dsr.config import METRICS, SWITCHABLE, Config, switch_key, switches
 from tune_dsr.errors import ConfigError
 
-BUILTIN = ("recognition_first", "quality_first", "fast")
+BUILTIN = ("recognition_first", "quality_first", "fast", "balanced")
 
 __all__ = [
     "BUILTIN",
@@ -51,6 +53,7 @@ __all__ = [
     "PIXEL_ONLY_OFF",
     "Preset",
     "SearchSpace",
+    "check_objectives",
     "in_range",
     "load_preset",
     "optional_weight",
@@ -94,6 +97,8 @@ class Preset:
     patience: int | None = None  # None: the search's grace period
     # label -> settings over the guide's: the preset's ANCHORS, else the defaults (load_preset)
     anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Two or three objectives searched together (a Pareto front); `metric` is the first.
+    objectives: tuple[str, ...] = ()
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every searched parameter and its range, conditional ones included (the space run on a
@@ -347,10 +352,20 @@ def load_preset(name_or_path: str) -> Preset:
     """A built-in preset by name, or a user's preset file; checked before any trial starts."""
     module = _load_module(name_or_path)
     where = f"search space {name_or_path!r}"
+    objectives = tuple(getattr(module, "OBJECTIVES", ()))
+    if objectives and not hasattr(module, "METRIC"):
+        module.METRIC = objectives[0]
     missing = [n for n in ("space", "METRIC") if not hasattr(module, n)]
     if missing:
         raise ConfigError(f"{where} lacks {', '.join(missing)}; a preset defines space(trial) "
                           "and METRIC (see search_spaces/recognition_first.py)")
+    try:
+        objectives = check_objectives(objectives, "OBJECTIVES") if objectives else ()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if objectives and objectives[0] != module.METRIC:
+        raise ConfigError(f"{where}: METRIC={module.METRIC!r} must be the first of OBJECTIVES "
+                          f"({objectives[0]!r}), the one a trial keeps its best epoch by")
     if not callable(module.space):
         raise ConfigError(f"{where}: space must be a function space(trial) -> dict")
     if module.METRIC not in METRICS:
@@ -380,9 +395,29 @@ def load_preset(name_or_path: str) -> Preset:
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().split("\n")[0]),
         max_epochs=int(getattr(module, "MAX_EPOCHS", 100)),
         grace_period=int(getattr(module, "GRACE_PERIOD", 10)), patience=patience,
-        anchors=anchors)
+        anchors=anchors, objectives=objectives)
     _validate(preset, where)
     return preset
+
+
+def check_objectives(objectives: Any, name: str = "objectives") -> tuple[str, ...]:
+    """Two or three distinct reported metrics (a comma-separated string or a sequence), in
+    order; ConfigError naming what is wrong (the known metrics for an unknown one)."""
+    if isinstance(objectives, str):
+        objectives = [part.strip() for part in objectives.split(",")]
+    found = tuple(objectives)
+    given = f"{name}={','.join(map(str, found))}"
+    if not 2 <= len(found) <= 3:
+        raise ConfigError(f"{given}: give two or three metrics, comma-separated, e.g. "
+                          "val_margin_gain,val_psnr")
+    for metric in found:
+        if metric not in METRICS:
+            raise ConfigError(f"{given}: {metric!r} is not a metric tune_dsr reports per epoch; "
+                              f"choose from {', '.join(METRICS)}")
+    repeated = sorted({m for m in found if found.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"{given}: {', '.join(repeated)} given twice; each objective once")
+    return found
 
 
 def _validate(preset: Preset, where: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"^(?P<name>\S.*): ×(?P<r>[\d.,]+|nan) \(tune_dsr (?P<x>-?[\d.,]+) vs "
                    r"baseline (?P<y>-?[\d.,]+) (?P<unit>\S.*)\)$")
-PARTS_WITH_RATIOS = ("step", "search", "overhead", "memory")
+PARTS_WITH_RATIOS = ("step", "search", "pareto", "overhead", "memory")
 
 
 @pytest.mark.slow

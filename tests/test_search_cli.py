@@ -58,6 +58,11 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--num-samples", "2", "--confirm", "3"], ["--confirm=3", "the 2 trials the search runs"]),
     (["--patience", "0"], ["--patience=0 must be at least 1"]),
     (["--confirm-runs", "0"], ["--confirm-runs=0 must be at least 1"]),
+    (["--objectives", "val_psnr,val_psnr"], ["--objectives", "val_psnr given twice"]),
+    (["--objectives", "val_psnr,val_sharpness"], ["'val_sharpness' is not a metric"]),
+    (["--objectives", "val_psnr"], ["give two or three metrics"]),
+    (["--space", "balanced", "--confirm", "2"], ["--confirm=2", "a search of several returns a "
+                                                 "front"]),
 ])
 def test_bad_arguments_fail_before_anything_starts(extra, words, search_root, tmp_path,
                                                   capsys):

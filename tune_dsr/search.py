@@ -21,6 +21,7 @@ __all__ = [
     "main",
     "options_from_args",
     "print_best",
+    "print_front",
 ]
 
 
@@ -95,6 +96,19 @@ def print_best(document: dict[str, Any], plan: Any) -> None:
           "--out final_run")
 
 
+def print_front(plan: Any) -> None:
+    """A multi-objective search's result: its front, and how to take a point of it."""
+    from tune_dsr.tuning.analysis import load_experiment
+
+    exp = load_experiment(plan.experiment_path)
+    print("\n" + exp.describe_front())
+    first = plan.objectives[0]
+    print(f"\nTake a point: python -m tune_dsr.export {plan.experiment_path} --pick 1 --out "
+          f"best.json, or a rule such as --maximize {first} --where "
+          f"'{plan.objectives[1]}>=VALUE'; then python -m tune_dsr.train --config best.json "
+          "--out final_run")
+
+
 def _search(args: argparse.Namespace) -> int:
     if args.list_spaces:
         from search_spaces import BUILTIN, load_preset
@@ -110,7 +124,10 @@ def _search(args: argparse.Namespace) -> int:
         plan = tuning.plan_search(options_from_args(args))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's classic progress table
     document = tuning.run_search(plan, resume=args.resume)
-    print_best(document, plan)
+    if plan.objectives:
+        print_front(plan)
+    else:
+        print_best(document, plan)
     unfinished = document["provenance"]["unfinished"]
     if unfinished:
         print(f"\nThe search was interrupted with {len(unfinished)} trial(s) unfinished; the "

@@ -31,7 +31,11 @@ class SearchOptions:
     """What a user asks of a search; unset (None) values take the preset's or the defaults."""
 
     space: str = _option("recognition_first", "preset name (recognition_first, quality_first, "
-                         "fast) or a path to your own preset .py (default recognition_first)")
+                         "fast, balanced) or a path to your own preset .py (default "
+                         "recognition_first)")
+    objectives: str | None = _option(None, "search two or three objectives together for their "
+                                     "Pareto front, e.g. val_margin_gain,val_psnr (default: "
+                                     "the preset's: one, or balanced's two)", metavar="M1,M2")
     data_root: str | None = _option(None, "a data root that holds train_processed/ and "
                                     "val_processed/", metavar="DATA")
     train_dir: str | None = _option(None, "the train split folder (instead of --data-root)",

@@ -5,7 +5,9 @@
   Here every epoch the trial's best value so far goes to the Optuna trial as an intermediate value
   (a trial is kept and ranked at its best epoch), and a trial that ended before the last epoch
   without error is told as PRUNED (Optuna's TPE handles pruned trials by their intermediate
-  values).
+  values). With several objectives (a list of metrics) a trial that ran to the end is told its
+  point, one that the Pareto-aware ASHA stopped is PRUNED (multi-objective TPE ranks those
+  below the complete trials).
 - `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
   this callback's state is saved with the experiment and puts the rungs back.
 - `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
@@ -69,8 +71,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
                                "a metric and a mode")
         return self._ot_study
 
+    @property
+    def _several(self) -> bool:
+        """Several objectives: Optuna takes no intermediate values then (``Trial.report`` is
+        single-objective); a trial is told its point when it ends, or PRUNED."""
+        return isinstance(self.metric, list)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._several:
             return
         # The trial's best so far (the trainer's best_<objective>): a trial is ranked, exported
         # and kept (best.pt) at its best epoch, so Optuna judges it there too, also when ASHA or
@@ -90,11 +100,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
                           error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if result and not error:
+        if result and not error and not self._several:
             self.on_trial_result(trial_id, result)  # Ray passes the last epoch here, not there
         epochs = int(result.get(self._step_key, 0)) if result else 0
         if error or epochs >= self._max_epochs:
-            if result and f"best_{self.metric}" in result:
+            if result and not self._several and f"best_{self.metric}" in result:
                 result = {**result, self.metric: result[f"best_{self.metric}"]}
             super().on_trial_complete(trial_id, result, error)
             return

@@ -127,7 +127,12 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     budget = {**DEFAULT_BUDGET, **(demo.SEARCH_BUDGET if options.demo else {})}
     given = {k: getattr(options, k) for k in budget if getattr(options, k) is not None}
     options = dataclasses.replace(options, **{**budget, **given})
+    from search_spaces import check_objectives
+
     preset = load_preset(options.space)
+    objectives = (list(check_objectives(options.objectives)) if options.objectives
+                  else list(preset.objectives))
+    metric = objectives[0] if objectives else preset.metric
     space_ref = (str(Path(options.space).resolve()) if options.space.endswith(".py")
                  else options.space)
     _positive(options, "num_samples", "max_epochs", "grace_period", "time_budget",
@@ -149,8 +154,13 @@ def plan_search(options: SearchOptions) -> SearchPlan:
                           "without beating its own best objective before it ends (give "
                           f"patience={max_epochs} to leave stopping to ASHA alone)")
     num_samples = int(options.num_samples or 0)
+    if objectives and options.confirm:
+        raise ConfigError(f"confirm={options.confirm} with objectives={','.join(objectives)}: "
+                          "confirmation ranks configurations by one objective, and a search of "
+                          "several returns a front; export a point of it (export --pick or "
+                          "--maximize) and train that, or leave confirm out")
     confirm = (options.confirm if options.confirm is not None
-               else 0 if options.demo else min(DEFAULT_CONFIRM, num_samples))
+               else 0 if options.demo or objectives else min(DEFAULT_CONFIRM, num_samples))
     if confirm < 0 or confirm > num_samples:
         raise ConfigError(f"confirm={confirm}: confirm between 0 and the {num_samples} trials "
                           "the search runs (num_samples); lower confirm or raise num_samples")
@@ -192,7 +202,7 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         logger.warning("%d trials run only the first %d of the anchors %s", num_samples,
                        num_samples, ", ".join(anchors))
     return SearchPlan(
-        space=space_ref, metric=preset.metric, mode=preset.mode, base=base, pins=pins,
+        space=space_ref, metric=metric, mode=direction(metric), base=base, pins=pins,
         storage_path=storage, name=name, num_samples=num_samples,
         max_epochs=max_epochs, grace_period=grace,
         reduction_factor=float(options.reduction_factor), gpus=options.gpus,
@@ -200,7 +210,8 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         max_concurrent=options.max_concurrent, time_budget=options.time_budget,
         seed=options.seed, max_failures=options.max_failures,
         checkpoint_every=options.checkpoint_every, address=options.address, patience=patience,
-        confirm=confirm, confirm_runs=options.confirm_runs, anchors=anchors)
+        confirm=confirm, confirm_runs=options.confirm_runs, anchors=anchors,
+        objectives=objectives)
 
 
 def resume_plan(storage_path: str, name: str, address: str | None = None) -> SearchPlan:
@@ -273,6 +284,8 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         make_sampler,
         trial_dirname,
     )
+    from tune_dsr.tuning.pareto_asha import ParetoASHA, ParetoStateCallback
+    from tune_dsr.tuning.trainable import kept_key
 
     check_private_api()
     trainable = _trainable(plan, data, plan.experiment_path, function)
@@ -286,8 +299,12 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     # The anchors run first, each labelled (``anchor`` in its config); then TPE.
     anchors = plan.anchors or preset.anchor_points(plan.pins)
     plan.study_path.parent.mkdir(parents=True, exist_ok=True)
+    # One objective: Optuna and ASHA rank trials by it. Several: by the point each trial's kept
+    # epoch gives (`kept_<objective>`, see trainable.TuneReporter), in Pareto order.
+    keys: str | list[str] = [kept_key(m) for m in plan.objectives] or plan.metric
+    modes: str | list[str] = [direction(m) for m in plan.objectives] or plan.mode
     searcher = PruneAwareOptunaSearch(
-        space=SearchSpace(preset.space, plan.pins, anchors), metric=plan.metric, mode=plan.mode,
+        space=SearchSpace(preset.space, plan.pins, anchors), metric=keys, mode=modes,
         points_to_evaluate=list(anchors.values()),
         sampler=make_sampler(plan.seed, plan.num_samples),
         study_name=plan.name,
@@ -295,13 +312,21 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         max_epochs=plan.max_epochs)
     search_alg = (ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
                   if plan.max_concurrent else searcher)
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs,
-                              grace_period=plan.grace_period,
-                              reduction_factor=plan.reduction_factor)
+    scheduler: Any
+    if plan.objectives:
+        scheduler = ParetoASHA(metrics=list(keys), modes=list(modes), time_attr="epoch",
+                               max_t=plan.max_epochs, grace_period=plan.grace_period,
+                               reduction_factor=plan.reduction_factor)
+        keeper: Any = ParetoStateCallback(scheduler)
+    else:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs,
+                                  grace_period=plan.grace_period,
+                                  reduction_factor=plan.reduction_factor)
+        keeper = AshaStateCallback(scheduler)
     # The data decides the VLR size unless the plan pins one; every trial is told it.
     param_space = {**plan.base, "vlr_size": data.vlr_size}
     reporter = tune.CLIReporter(
-        metric_columns=list(dict.fromkeys(["epoch", plan.metric, "val_psnr",
+        metric_columns=list(dict.fromkeys(["epoch", plan.metric, *plan.objectives, "val_psnr",
                                            "val_rank1_full_gain"])),
         parameter_columns=["anchor", *preset.searched(plan.pins)][:8],
         max_report_frequency=15)
@@ -321,7 +346,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # On a URI, what a trial writes (best.pt, best.png) is uploaded with it.
             sync_config=tune.SyncConfig(sync_artifacts=is_uri(plan.storage_path)),
-            callbacks=[AshaStateCallback(scheduler)], progress_reporter=reporter, verbose=1))
+            callbacks=[keeper], progress_reporter=reporter, verbose=1))
 
 
 def _trainable(plan: SearchPlan, data: SearchData, experiment_path: str,
@@ -330,6 +355,7 @@ def _trainable(plan: SearchPlan, data: SearchData, experiment_path: str,
 
     return make_trainable(data.train, data.val, cpus=plan.cpus_per_trial,
                           gpus=plan.gpus_per_trial, objective=plan.metric,
+                          objectives=tuple(plan.objectives),
                           checkpoint_every=plan.checkpoint_every,
                           experiment_path=experiment_path, patience=plan.patience,
                           function=function or train_dsr)

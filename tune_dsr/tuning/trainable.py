@@ -26,6 +26,7 @@ from tune_dsr.tuning.experiment import is_uri, trial_folder
 __all__ = [
     "STATE_FILE",
     "TuneReporter",
+    "kept_key",
     "make_trainable",
     "train_dsr",
     "trial_output_dir",
@@ -39,16 +40,31 @@ STATE_FILE = "state.pt"
 _loss_networks = functools.lru_cache(maxsize=2)(load_loss_networks)
 
 
-class TuneReporter(Callback):
-    """Reports each epoch's metrics, with a resumable checkpoint every `checkpoint_every` epochs."""
+def kept_key(metric: str) -> str:
+    """The result key of `metric` at the epoch a trial keeps (its best by the first objective):
+    a multi-objective search's point of the trial."""
+    return f"kept_{metric}"
 
-    def __init__(self, objective: str, checkpoint_every: int = 1) -> None:
+
+class TuneReporter(Callback):
+    """Reports each epoch's metrics, with a resumable checkpoint every `checkpoint_every` epochs.
+
+    With several `objectives`, also each objective's value at the epoch the trial keeps
+    (``kept_<objective>``, the trainer's best epoch by the first objective so far): the point of
+    the trial on the front, the model its best.pt holds.
+    """
+
+    def __init__(self, objective: str, checkpoint_every: int = 1,
+                 objectives: tuple[str, ...] = ()) -> None:
         self.objective = objective
         self.checkpoint_every = checkpoint_every
+        self.objectives = objectives
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         report: dict[str, float | str] = dict(metrics)
         report["objective"] = metrics[self.objective]
+        kept = trainer.best_metrics or metrics
+        report.update({kept_key(m): kept[m] for m in self.objectives})
         report["node_id"] = ray.get_runtime_context().get_node_id()
         # Every metric is finite here (the trainer raises on NaN): Optuna never sees a NaN.
         last = trainer.epoch >= trainer.config.train.epochs
@@ -72,13 +88,14 @@ def trial_output_dir(experiment_path: str | None) -> Path:
 
 def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFaces,
               objective: str = "val_margin", checkpoint_every: int = 1,
-              experiment_path: str | None = None, patience: int = 0) -> None:
+              experiment_path: str | None = None, patience: int = 0,
+              objectives: tuple[str, ...] = ()) -> None:
     """Function trainable: `config` is a flat Tune config (settings plus the trial's values).
 
     `objective` is the search's metric, reported as ``objective`` too; a checkpoint is saved
     every `checkpoint_every` epochs and at the last; `experiment_path` is the experiment folder;
     a trial whose objective has not beaten its own best for `patience` epochs ends (0: only
-    ASHA stops trials).
+    ASHA stops trials); `objectives` (a multi-objective search) are reported at the kept epoch.
     """
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch's own pool must agree with it.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -91,7 +108,7 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
     identity_net, vgg = _loss_networks(run_config.train.edgeface,
                                        run_config.train.perceptual_weights)
     trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
-                      callbacks=[TuneReporter(objective, checkpoint_every)],
+                      callbacks=[TuneReporter(objective, checkpoint_every, objectives)],
                       out_dir=trial_output_dir(experiment_path), save_last=False)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -102,10 +119,12 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
 
 def make_trainable(train_set: PairedFaces, val_set: PairedFaces, *, cpus: float, gpus: float,
                    objective: str, checkpoint_every: int = 1, experiment_path: str | None = None,
-                   patience: int = 0, function: Callable[..., None] = train_dsr) -> Any:
+                   patience: int = 0, objectives: tuple[str, ...] = (),
+                   function: Callable[..., None] = train_dsr) -> Any:
     """`function` (`train_dsr`) with the dataset in the object store and per-trial resources."""
     with_data = tune.with_parameters(function, train_set=train_set, val_set=val_set,
                                      objective=objective, checkpoint_every=checkpoint_every,
-                                     experiment_path=experiment_path, patience=patience)
+                                     experiment_path=experiment_path, patience=patience,
+                                     objectives=objectives)
     resources = {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
     return tune.with_resources(with_data, resources)
