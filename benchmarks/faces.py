@@ -180,7 +180,7 @@ def run(ctx: Context) -> PartResult:
     split = ev.resolve_split(test_dir=data / "test_processed")
     dsrs = ev.load_dsrs([work / "final" / "best.pt", work / "pixel_only" / "best.pt"], "cpu")
     probes = ev.load_probe_set(split, dsrs)
-    distractors = [ev.GalleryFaces.scan(root, probes.hr_size)
+    distractors = [ev.DistractorFaces.scan(root, probes.hr_size)
                    for root in ev.default_distractor_roots(split)]
     recognisers = ev.load_recognisers([edgeface], "cpu")
     names = {"search": dsrs[0].model, "pixel-only": dsrs[1].model}

@@ -111,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parts = _selected(parser, args.only)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, but got {args.repeats}")
+    if args.json:  # an unwritable --json is refused now, not after the whole suite ran
+        from tune_dsr.cli import check_writable_file
+        from tune_dsr.errors import ConfigError
+
+        try:
+            check_writable_file(args.json, "--json")
+        except ConfigError as exc:
+            parser.error(str(exc))
     if "faces" in parts:  # refused before anything runs, not after the other parts
         from benchmarks.faces import check_inputs
         from tune_dsr.errors import ConfigError

@@ -258,9 +258,9 @@ def _cached(faces: Any) -> Any:
     """A scanned distractor folder decoded once (evaluate then reads it from memory)."""
     import torch
 
-    from tune_dsr.evaluation.probes import GalleryFaces
+    from tune_dsr.evaluation.probes import DistractorFaces
 
-    return GalleryFaces.from_tensor(torch.cat(list(faces.batches(64))), faces.subjects,
+    return DistractorFaces.from_tensor(torch.cat(list(faces.batches(64))), faces.subjects,
                                     source=faces.source)
 
 
@@ -271,7 +271,7 @@ def train_runs(study: Study, say: Any = print) -> tuple[list[RunPlan], list[dict
     from tune_dsr.config import Config
     from tune_dsr.data import load_pair_sets
     from tune_dsr.errors import DataError
-    from tune_dsr.evaluation.probes import GalleryFaces, load_probe_set
+    from tune_dsr.evaluation.probes import DistractorFaces, load_probe_set
     from tune_dsr.training.losses import load_loss_networks
     from tune_dsr.training.trainer import Trainer
 
@@ -285,7 +285,7 @@ def train_runs(study: Study, say: Any = print) -> tuple[list[RunPlan], list[dict
     if test.vlr_size != base.model.vlr_size:
         raise DataError(f"the test split holds {test.vlr_size}px VLR faces, the training split "
                         f"{base.model.vlr_size}px; use one size for all three splits")
-    distractors = [_cached(GalleryFaces.scan(study.data / name, test.hr_size))
+    distractors = [_cached(DistractorFaces.scan(study.data / name, test.hr_size))
                    for name in SPLIT_NAMES[:2]]
     identity_net, _ = load_loss_networks(study.edgeface, PINS["perceptual_weights"])
     setup = time.perf_counter() - started

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tune_dsr.evaluation.probes import (
-        GalleryFaces,
+        DistractorFaces,
         check_distractors,
         default_distractor_roots,
         load_recognisers,
@@ -75,7 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     data, dsrs, device = probes.data, probes.dsrs, probes.device
     roots = ([Path(r).expanduser().resolve() for r in args.distractor_dir]
              if args.distractor_dir else default_distractor_roots(probes.split))
-    distractors = [GalleryFaces.scan(root, data.hr_size) for root in dict.fromkeys(roots)]
+    distractors = [DistractorFaces.scan(root, data.hr_size) for root in dict.fromkeys(roots)]
     check_distractors(data, distractors)
     recognisers = load_recognisers(args.edgeface, device)
 

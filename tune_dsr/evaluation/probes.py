@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tune_dsr.models.checkpoints import DSRCheckpoint
 
 __all__ = [
-    "GalleryFaces",
+    "DistractorFaces",
     "LoadedDSR",
     "Probes",
     "check_distractors",
@@ -191,7 +191,7 @@ def load_recognisers(specs: Sequence[str], device: str | torch.device = "cpu"
 
 
 @dataclass
-class GalleryFaces:
+class DistractorFaces:
     """HR faces of distractor subjects (only HR images are needed), read in batches.
 
     `scan` checks a split folder's ``hr_images/`` (names, sizes, readability) without decoding
@@ -204,7 +204,7 @@ class GalleryFaces:
     hr: Tensor | None = None
 
     @classmethod
-    def scan(cls, split: str | Path, hr_size: int = 112) -> GalleryFaces:
+    def scan(cls, split: str | Path, hr_size: int = 112) -> DistractorFaces:
         from concurrent.futures import ThreadPoolExecutor
 
         from tune_dsr.data import IMAGE_EXTENSIONS, inspect_image, subject_of
@@ -239,7 +239,7 @@ class GalleryFaces:
 
     @classmethod
     def from_tensor(cls, hr: Tensor, subjects: Sequence[str], source: str = "memory"
-                    ) -> GalleryFaces:
+                    ) -> DistractorFaces:
         if hr.shape[0] != len(subjects):
             raise ValueError(f"{hr.shape[0]} faces for {len(subjects)} subject names")
         return cls(source, list(subjects), hr=hr)
@@ -268,7 +268,7 @@ class GalleryFaces:
             yield torch.from_numpy(np.stack(chunk))
 
 
-def check_distractors(data: PairedFaces, distractors: Sequence[GalleryFaces]) -> None:
+def check_distractors(data: PairedFaces, distractors: Sequence[DistractorFaces]) -> None:
     """Refuse distractor folders that hold any of the probes' own subjects."""
     probes = set(data.unique_subjects)
     for faces in distractors:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tune_dsr.errors import CheckpointError, ConfigError
-from tune_dsr.evaluation.probes import GalleryFaces, check_distractors
+from tune_dsr.evaluation.probes import DistractorFaces, check_distractors
 
 if TYPE_CHECKING:
     import torch
@@ -110,8 +110,9 @@ def _run_probes(data: PairedFaces, dsrs: Mapping[str, nn.Module],
         {HR: None, **{m: torch.cat(v) for m, v in structure.items()}}, seconds)
 
 
-def _distractor_gallery(distractors: Sequence[GalleryFaces], recognisers: Mapping[str, nn.Module],
-                        batch_size: int, device: torch.device
+def _distractor_gallery(distractors: Sequence[DistractorFaces],
+                        recognisers: Mapping[str, nn.Module], batch_size: int,
+                        device: torch.device
                         ) -> tuple[list[str], dict[str, Tensor]]:
     """Distractor subject names (sorted, merged across folders) and, per recogniser, their
     gallery rows (mean HR embedding per subject)."""
@@ -146,7 +147,7 @@ def _mean(values: Tensor | None) -> float | None:
 
 def evaluate(data: PairedFaces, dsrs: Mapping[str, nn.Module],
              recognisers: Mapping[str, nn.Module], *,
-             distractors: Sequence[GalleryFaces] | None = None, threshold: float = 0.35,
+             distractors: Sequence[DistractorFaces] | None = None, threshold: float = 0.35,
              leave_one_out: bool = False, sweep: bool = False, batch_size: int = 32,
              device: str | torch.device = "cpu", resamples: int = 2000, seed: int = 0,
              per_probe: bool = False, method_info: Mapping[str, Mapping[str, Any]] | None = None,
