@@ -332,8 +332,8 @@ class Config:
                 if not isinstance(value, dict):
                     raise ConfigError(f"section {key!r} must be an object, got {value!r}")
                 valid = list(_field_types(_SECTIONS[key]))
-                for sub_key, sub_value in value.items():
-                    sub_key = cls.RENAMED.get(sub_key, sub_key)
+                for given_key, sub_value in value.items():
+                    sub_key = str(cls.RENAMED.get(given_key, given_key))
                     if sub_key not in valid:
                         raise _unknown_key_error(sub_key, valid, f" in section {key!r}")
                     updates[key][sub_key] = sub_value

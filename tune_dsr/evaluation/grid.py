@@ -12,6 +12,7 @@ new best epoch); `probe_grid` picks and runs the probes of a set (``python -m tu
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def probe_grid(data: PairedFaces, dsrs: Sequence[LoadedDSR], identity_net: nn.Mo
     device = torch.device(device)
     index_batches = list(torch.arange(len(data)).split(batch_size))
     with torch.no_grad():
-        hr_embeddings = embed_batches(lambda x: embed(identity_net, x),
+        hr_embeddings = embed_batches(functools.partial(embed, identity_net),
                                       (data.hr[i] for i in index_batches), device)
         similarity = None
         if pick != "random":

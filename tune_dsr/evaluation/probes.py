@@ -223,7 +223,7 @@ class DistractorFaces:
 
         def problem(path: Path) -> str | None:
             size, why = inspect_image(path)
-            if why is not None:
+            if size is None:
                 return f"{path.name} {why}"
             if size != (hr_size, hr_size):
                 return f"{path.name} is {size[0]}x{size[1]}, expected {hr_size}x{hr_size}"

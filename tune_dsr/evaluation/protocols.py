@@ -20,6 +20,7 @@ that only the recogniser DSR was trained against sees is overfitting.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -127,9 +128,9 @@ def _distractor_gallery(distractors: Sequence[DistractorFaces],
     rows = {}
     with torch.no_grad():
         for name, net in recognisers.items():
-            embeddings = torch.cat([
-                embed_batches(lambda x, net=net: embed(net, x), faces.batches(batch_size), device)
-                for faces in distractors])
+            embeddings = torch.cat([embed_batches(functools.partial(embed, net),
+                                                  faces.batches(batch_size), device)
+                                    for faces in distractors])
             rows[name] = gallery_means(embeddings, labels, len(names))
     return names, rows
 
