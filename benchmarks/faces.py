@@ -123,7 +123,7 @@ def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> dict[str, f
 def run(ctx: Context) -> PartResult:
     from tune_dsr.config import Config
     from tune_dsr.evaluation import probes as ev
-    from tune_dsr.evaluation.protocols import evaluate
+    from tune_dsr.evaluation.protocols import evaluate_dsrs
     from tune_dsr.tuning.analysis import load_experiment
     from tune_dsr.tuning.experiment import write_json
     from tune_dsr.tuning.export import best_config_document
@@ -184,7 +184,7 @@ def run(ctx: Context) -> PartResult:
                    for root in ev.default_distractor_roots(split)]
     recognisers = ev.load_recognisers([edgeface], "cpu")
     names = {"search": dsrs[0].model, "pixel-only": dsrs[1].model}
-    report = evaluate(probes, names, recognisers, distractors=distractors, per_probe=True,
+    report = evaluate_dsrs(probes, names, recognisers, distractors=distractors, per_probe=True,
                          resamples=4000)
     wide = next(b for b in report["results"] if b["protocol"] == "wide")
     rows = [r for r in report["probes"] if r["protocol"] == "wide"]

@@ -218,11 +218,11 @@ class EpochProbe:
         return None
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        from tune_dsr.evaluation.protocols import evaluate
+        from tune_dsr.evaluation.protocols import evaluate_dsrs
 
         started = time.perf_counter()
         trainer.ema.eval()
-        report = evaluate(self.test, {"DSR": trainer.ema}, {"edgeface": self.recogniser},
+        report = evaluate_dsrs(self.test, {"DSR": trainer.ema}, {"edgeface": self.recogniser},
                           distractors=self.distractors, device=trainer.device,
                           resamples=self.resamples, batch_size=32)
         blocks = {block["protocol"]: block["methods"] for block in report["results"]}

@@ -156,7 +156,10 @@ class Preset:
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.description or self.metric}",
-                 f"  objective: {self.mode} {self.metric}; max epochs {self.max_epochs}, "
+                 (f"  objectives: {', '.join(f'{METRICS[m]} {m}' for m in self.objectives)} "
+                  "(their Pareto front; a trial keeps its best epoch by the first)"
+                  if self.objectives else f"  objective: {self.mode} {self.metric}")
+                 + f"; max epochs {self.max_epochs}, "
                  f"ASHA grace period {self.grace_period}, patience "
                  f"{self.patience or 'the grace period'}",
                  f"  guide's values: {self.guide or 'the guide defaults'}",

@@ -101,3 +101,21 @@ def finished_search(ray_session, search_root, tmp_path_factory) -> dict[str, Any
                              confirm=SEARCH_CONFIRM, confirm_runs=1)
     return run_poisoned_search(tmp_path_factory.mktemp("tune"), tmp_path_factory.mktemp("marks"),
                                options, {0: (1, True)}, spare_anchors=True)
+
+
+@pytest.fixture(scope="session")
+def balanced_search(ray_session, search_root, tmp_path_factory) -> dict[str, Any]:
+    """A `balanced` search (val_margin_gain and val_psnr): 4 trials of up to 3 epochs under the
+    Pareto-aware ASHA (grace 1, reduction factor 2) and a patience of 1 epoch, so that trials end
+    all three ways. Shared by the search and notebook tests."""
+    import dataclasses
+
+    from tune_dsr.tuning.service import plan_search, run_search
+
+    options = search_options(search_root, space="balanced", name="trade", num_samples=4,
+                             max_epochs=3, grace_period=1, reduction_factor=2, max_concurrent=2,
+                             patience=1)
+    plan = plan_search(dataclasses.replace(
+        options, storage_path=str(tmp_path_factory.mktemp("trade"))))
+    run_search(plan)
+    return {"plan": plan, "experiment": Path(plan.experiment_path)}

@@ -17,7 +17,7 @@ from tune_dsr.config import Config
 from tune_dsr.errors import CheckpointError
 from tune_dsr.evaluate import main
 from tune_dsr.evaluation.probes import load_dsrs, load_probe_set, resolve_split
-from tune_dsr.evaluation.protocols import evaluate
+from tune_dsr.evaluation.protocols import evaluate_dsrs
 from tune_dsr.models.checkpoints import load_dsr, read_dsr_checkpoint, save_dsr
 from tune_dsr.models.dsr import DSR
 
@@ -134,7 +134,7 @@ def test_library_dsr_equal_to_bicubic_makes_no_difference(root):
     from tune_dsr.models.checkpoints import load_edgeface
 
     data = load_probe_set(resolve_split(test_dir=root / "test_processed"), vlr_size=16)
-    report = evaluate(data, {"same": Bicubic()}, {"r": load_edgeface(EDGEFACE)},
+    report = evaluate_dsrs(data, {"same": Bicubic()}, {"r": load_edgeface(EDGEFACE)},
                       resamples=200, per_probe=True)
     same = report["results"][0]["methods"]["same"]
     assert same["rank1"] == report["results"][0]["methods"]["bicubic"]["rank1"]

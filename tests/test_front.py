@@ -46,10 +46,10 @@ def test_the_front_is_the_non_dominated_trials_best_first():
     assert "2 dominated trial(s), 2 stopped early (at epochs 1, 2)" in text
 
 
-def test_pick_and_rules_choose_a_point_of_the_front():
+def test_a_position_or_a_rule_chooses_a_point_of_the_front():
     front = front_frame(FRAME, OBJECTIVES)
-    assert choose(front, OBJECTIVES, pick=1).trial_id == "a"
-    assert choose(front, OBJECTIVES, pick=3).trial_id == "c"
+    assert choose(front, OBJECTIVES, point=1).trial_id == "a"
+    assert choose(front, OBJECTIVES, point=3).trial_id == "c"
     chosen = choose(front, OBJECTIVES, best="val_margin_gain",
                     where=parse_where(["val_psnr>=21.5"]))
     assert (chosen.trial_id, chosen.monitor) == ("b", "val_margin_gain")
@@ -60,13 +60,13 @@ def test_pick_and_rules_choose_a_point_of_the_front():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"pick": 4}, ["pick=4", "3 point(s)", "from 1 to 3"]),
+    ({"point": 4}, ["point=4", "3 point(s)", "from 1 to 3"]),
     ({"best": "val_ssim"}, ["val_ssim is not an objective", "val_margin_gain, val_psnr"]),
     ({"where": parse_where(["val_rank1>=0.5"])}, ["val_rank1 is not an objective"]),
     ({"best": "val_margin_gain", "where": parse_where(["val_psnr>=26"])},
      ["no point of the front meets val_psnr>=26", "closest is trial c",
       "val_psnr 25 misses val_psnr>=26 by 1"]),
-    ({"pick": 1, "best": "val_psnr"}, ["either pick=N or a rule"]),
+    ({"point": 1, "best": "val_psnr"}, ["either point=N or a rule"]),
 ])
 def test_rules_that_cannot_be_met_are_refused_by_name(kwargs, words):
     with pytest.raises(ConfigError) as info:
@@ -79,4 +79,4 @@ def test_a_bad_condition_is_refused():
     with pytest.raises(ConfigError, match="METRIC OP NUMBER"):
         parse_where(["val_psnr=>24"])
     with pytest.raises(ConfigError, match="nothing to choose"):
-        choose(front_frame(FRAME.iloc[5:], OBJECTIVES), OBJECTIVES, pick=1)
+        choose(front_frame(FRAME.iloc[5:], OBJECTIVES), OBJECTIVES, point=1)

@@ -37,21 +37,36 @@ def _output_text(nb: Any) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.slow
-def test_analysis_notebook_runs_on_the_search(finished_search: dict[str, Any],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Top to bottom in a fresh kernel, on an experiment with COMPLETE, PRUNED and FAIL trials."""
+def _run(experiment: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The notebook run top to bottom in a fresh kernel on `experiment`; raises
+    CellExecutionError, naming the cell, if any cell fails."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
-    experiment = finished_search["experiment"]
     monkeypatch.setenv("TUNE_DSR_EXPERIMENT", str(experiment))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    # Raises CellExecutionError, naming the cell, if any cell fails.
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    return nb
+
+
+@pytest.mark.slow
+def test_analysis_notebook_runs_on_a_multi_objective_search(
+        balanced_search: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a `balanced` search the trade-off cell draws the search's own front."""
+    text = _output_text(_run(balanced_search["experiment"], monkeypatch))
+    assert "val_margin_gain" in text and "val_psnr" in text
+    assert "dominated trial(s)" in text and "MAXIMIZE, MAXIMIZE" in text
+
+
+@pytest.mark.slow
+def test_analysis_notebook_runs_on_the_search(finished_search: dict[str, Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top to bottom in a fresh kernel, on an experiment with COMPLETE, PRUNED and FAIL trials."""
+    experiment = finished_search["experiment"]
+    nb = _run(experiment, monkeypatch)
     text = _output_text(nb)
     best = json.loads((experiment / BEST_FILE).read_text())["provenance"]
     assert f"best trial {best['trial_id']}" in text

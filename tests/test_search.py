@@ -9,7 +9,6 @@ from its checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -206,34 +205,31 @@ def test_export_errors(finished_search, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_a_balanced_search_returns_its_front_and_exports_a_point(ray_session, search_root,
-                                                               tmp_path, capsys):
+def test_a_balanced_search_returns_its_front_and_exports_a_point(balanced_search, tmp_path,
+                                                               capsys):
     """`--space balanced`: two objectives, multi-objective TPE, the Pareto-aware ASHA; the front
     comes back from the experiment, and export takes a point of it by position and by rule."""
     from tune_dsr import export
     from tune_dsr.tuning.analysis import load_experiment
-    from tune_dsr.tuning.service import plan_search, run_search
 
-    options = search_options(search_root, space="balanced", name="trade", num_samples=4,
-                             max_epochs=2, grace_period=1, reduction_factor=2, max_concurrent=2,
-                             patience=2)
-    plan = plan_search(dataclasses.replace(options, storage_path=str(tmp_path)))
+    plan = balanced_search["plan"]
     assert plan.objectives == ["val_margin_gain", "val_psnr"] and plan.confirm == 0
-    run_search(plan)
     exp = load_experiment(plan.experiment_path)
     study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{plan.study_path}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
-    states = sorted(t.state.name for t in study.trials)
     front = exp.front()
     assert set(front.columns) >= {"trial_id", "val_margin_gain", "val_psnr", "front",
-                                  "dominated", "stopped_at"}
-    ran, stopped = front[front["stopped_at"].isna()], front[front["stopped_at"].notna()]
-    # Optuna was told each trial's end: its point when it ran to the end, PRUNED when stopped.
-    assert states.count("COMPLETE") == len(ran) and states.count("PRUNED") == len(stopped)
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    points = {tuple(round(v, 6) for v in t.values) for t in complete}
+                                  "dominated", "stopped_at", "stopped_by"}
+    # Optuna is told each trial's end: PRUNED when the Pareto-aware ASHA stopped it, else its
+    # point (it ran to the end, or its own patience ended it: its kept epoch will not change).
+    by_asha = front[front["stopped_by"] == "asha"]
+    told = front[front["stopped_by"] != "asha"]
+    states = sorted(t.state.name for t in study.trials)
+    assert states.count("PRUNED") == len(by_asha) and states.count("COMPLETE") == len(told)
+    points = {tuple(round(v, 6) for v in t.values) for t in study.trials
+              if t.state.name == "COMPLETE"}
     assert points == {(round(r.val_margin_gain, 6), round(r.val_psnr, 6))
-                      for r in ran.itertuples()}
+                      for r in told.itertuples()}
     # Front 0 holds exactly the trials no other trial beats on both objectives.
     for row in front.itertuples():
         beaten = ((front["val_margin_gain"] >= row.val_margin_gain)
@@ -241,8 +237,9 @@ def test_a_balanced_search_returns_its_front_and_exports_a_point(ray_session, se
                   & ((front["val_margin_gain"] > row.val_margin_gain)
                      | (front["val_psnr"] > row.val_psnr))).any()
         assert row.dominated == beaten
+    assert "Pareto front of val_margin_gain and val_psnr" in exp.describe_front()
     out = tmp_path / "point.json"
-    assert export.main([plan.experiment_path, "--pick", "1", "--out", str(out)]) == 0
+    assert export.main([plan.experiment_path, "--point", "1", "--out", str(out)]) == 0
     first = front[front["front"] == 0].iloc[0]
     document = json.loads(out.read_text())
     assert document["provenance"]["trial_id"] == first["trial_id"]
@@ -253,6 +250,8 @@ def test_a_balanced_search_returns_its_front_and_exports_a_point(ray_session, se
     best_psnr = front[front["front"] == 0].sort_values("val_psnr").iloc[-1]
     assert document["provenance"]["trial_id"] == best_psnr["trial_id"]
     assert document["train"]["monitor"] == "val_psnr"
-    assert export.main([plan.experiment_path, "--maximize", "val_ssim", "--out",
-                        str(out)]) == 2
-    assert "val_ssim is not an objective" in capsys.readouterr().err
+    for argv, words in ((["--maximize", "val_ssim"], "val_ssim is not an objective"),
+                        (["--where", "val_psnr>=1.2.3"], "METRIC OP NUMBER"),
+                        (["--minimize", "val_psnr"], "use --maximize val_psnr")):
+        assert export.main([plan.experiment_path, *argv, "--out", str(out)]) == 2
+        assert words in capsys.readouterr().err

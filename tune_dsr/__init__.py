@@ -41,7 +41,7 @@ _HOMES = {
     "run_search": "tune_dsr.tuning.service",
     "load_experiment": "tune_dsr.tuning.analysis",
     "best_config_document": "tune_dsr.tuning.export",
-    "evaluate": "tune_dsr.evaluation.protocols",
+    "evaluate_dsrs": "tune_dsr.evaluation.protocols",
     "format_report": "tune_dsr.evaluation.report",
 }
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from tune_dsr.errors import USER_ERRORS, ConfigError
+from tune_dsr.errors import USER_ERRORS, ConfigError, check_writable_dir, check_writable_file
 
 __all__ = [
     "add_data_flags",
@@ -133,36 +131,6 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     return settings
 
 
-# ----------------------------------------------------------------------------- outputs
-
-def check_writable_file(path: str | Path, flag: str) -> Path:
-    """Refuse, before any work, an output file that cannot be written: a folder, or a place
-    where no file can be created. Creates nothing."""
-    target = Path(path).expanduser().resolve()
-    if target.is_dir():
-        raise ConfigError(f"{flag} {target} is a folder; give a file name to write, e.g. "
-                          f"{target / 'out'}{Path(str(path)).suffix or '.json'}")
-    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
-                          "folder; give a path under a folder you can write to")
-    if target.exists() and not os.access(target, os.W_OK):
-        raise ConfigError(f"{flag} {target} exists and is read-only; give another path")
-    return target
-
-
-def check_writable_dir(path: str | Path, flag: str) -> Path:
-    """Refuse, before any work, an output folder that cannot be created or written to."""
-    target = Path(path).expanduser().resolve()
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"{flag} {target} is a file; give a folder to write into")
-    folder = next((p for p in (target, *target.parents) if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
-                          "folder; give a path under a folder you can write to")
-    return target
-
-
 # ----------------------------------------------------------------------------- running
 
 def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
@@ -170,7 +138,9 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     for action in parser._actions:  # argparse's public API lists no actions
         long = next((s for s in action.option_strings if s.startswith("--")), None)
         if long and action.dest not in ("help", "debug"):
-            message = re.sub(rf"(?<![\w-]){re.escape(action.dest)}=", f"{long}=", message)
+            # Only a name that starts the message or follows a space or a bracket: never one
+            # inside a path or a folder name (".../seed=1/", Ray's "batch_size=16,lr=...").
+            message = re.sub(rf"(?:^|(?<=[\s(])){re.escape(action.dest)}=", f"{long}=", message)
     return message
 
 

@@ -45,7 +45,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     check_threshold(args.threshold)
     check_at_least(args, count=1, batch_size=1, max_images=0)
-    check_writable_file(args.out, "--out")
+    check_writable_file(args.out, "--out", ".png")
     probes = open_probes(dsr_paths=args.dsr, data_root=args.data_root, test_dir=args.test_dir,
                          device=args.device, max_images=args.max_images)
     data, dsrs, device = probes.data, probes.dsrs, probes.device

@@ -62,14 +62,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         load_recognisers,
         open_probes,
     )
-    from tune_dsr.evaluation.protocols import check_threshold, evaluate
+    from tune_dsr.evaluation.protocols import check_threshold, evaluate_dsrs
     from tune_dsr.evaluation.report import format_report, write_csv
 
     # Everything that can be refused is read and checked before any network runs.
     check_threshold(args.threshold)
     check_at_least(args, batch_size=1, resamples=100, max_images=0)
     if args.csv:
-        check_writable_file(args.csv, "--csv")
+        check_writable_file(args.csv, "--csv", ".csv")
     probes = open_probes(dsr_paths=args.dsr, data_root=args.data_root, test_dir=args.test_dir,
                          device=args.device, max_images=args.max_images)
     data, dsrs, device = probes.data, probes.dsrs, probes.device
@@ -79,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_distractors(data, distractors)
     recognisers = load_recognisers(args.edgeface, device)
 
-    report = evaluate(data, {d.label: d.model for d in dsrs}, recognisers,
+    report = evaluate_dsrs(data, {d.label: d.model for d in dsrs}, recognisers,
                       distractors=distractors, threshold=args.threshold,
                       leave_one_out=args.leave_one_out, sweep=args.sweep,
                       batch_size=args.batch_size, device=device, resamples=args.resamples,

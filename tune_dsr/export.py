@@ -3,7 +3,7 @@ config for the final run.
 
 ``python -m tune_dsr.export EXPERIMENT_DIR [--metric M] [--rank K] --out best.json`` then
 ``python -m tune_dsr.train --config best.json --out final_run``. From a multi-objective search,
-``--pick N`` takes the N-th point of the front, and ``--maximize M`` / ``--minimize M`` with
+``--point N`` takes the N-th point of the front, and ``--maximize M`` / ``--minimize M`` with
 ``--where 'METRIC>=VALUE'`` the best point on M that meets every condition. The JSON holds every
 setting (the guide's defaults plus the tuned values, the ranking metric as ``monitor``, early
 stopping back on) and a ``provenance`` block: the experiment, trial, metric, epochs run, and for
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the search's objective)")
     p.add_argument("--rank", type=int, default=1, help="1: the best trial, 2: the second, ...")
     front = p.add_argument_group("a point of a multi-objective search's front")
-    front.add_argument("--pick", type=int, metavar="N",
+    front.add_argument("--point", type=int, metavar="N",
                        help="the N-th point of the front, best first on the first objective")
     best = front.add_mutually_exclusive_group()
     best.add_argument("--maximize", metavar="M", help="the point best on objective M (one that "
@@ -53,12 +53,12 @@ def _export(args: argparse.Namespace) -> int:
     from tune_dsr.tuning.export import best_config_document, front_config_document
 
     check_writable_file(args.out, "--out")
-    if args.pick is not None or args.maximize or args.minimize or args.where:
+    if args.point is not None or args.maximize or args.minimize or args.where:
         if args.metric or args.rank != 1:
-            raise ConfigError("--metric/--rank rank trials by one metric; --pick, --maximize, "
+            raise ConfigError("--metric/--rank rank trials by one metric; --point, --maximize, "
                               "--minimize and --where choose a point of a front: give one kind")
         document = front_config_document(
-            args.experiment, pick=args.pick, maximize=args.maximize, minimize=args.minimize,
+            args.experiment, point=args.point, maximize=args.maximize, minimize=args.minimize,
             where=args.where)
     else:
         document = best_config_document(args.experiment, args.metric, args.rank)

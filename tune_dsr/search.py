@@ -103,7 +103,7 @@ def print_front(plan: Any) -> None:
     exp = load_experiment(plan.experiment_path)
     print("\n" + exp.describe_front())
     first = plan.objectives[0]
-    print(f"\nTake a point: python -m tune_dsr.export {plan.experiment_path} --pick 1 --out "
+    print(f"\nTake a point: python -m tune_dsr.export {plan.experiment_path} --point 1 --out "
           f"best.json, or a rule such as --maximize {first} --where "
           f"'{plan.objectives[1]}>=VALUE'; then python -m tune_dsr.train --config best.json "
           "--out final_run")
@@ -130,8 +130,9 @@ def _search(args: argparse.Namespace) -> int:
         print_best(document, plan)
     unfinished = document["provenance"]["unfinished"]
     if unfinished:
+        so_far = "front" if plan.objectives else "best config"
         print(f"\nThe search was interrupted with {len(unfinished)} trial(s) unfinished; the "
-              "best config above is the best so far. Continue with:\n  python -m "
+              f"{so_far} above is the {so_far} so far. Continue with:\n  python -m "
               f"tune_dsr.search --resume --storage-path {plan.storage_path} --name {plan.name}",
               file=sys.stderr)
         return 130

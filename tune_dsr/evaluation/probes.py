@@ -47,8 +47,9 @@ def resolve_split(data_root: str | Path | None = None, test_dir: str | Path | No
     (the same data root that ``train`` and ``search`` take). Exactly one must be given; raises
     DataError for a missing, non-folder or empty folder."""
     if (data_root is None) == (test_dir is None):
-        raise ConfigError("give the probes with --test-dir DIR or --data-root DATA (not both); "
-                          f"{_SPLIT_FIX}")
+        given = "both" if data_root is not None else "neither"
+        raise ConfigError(f"give the probes with --test-dir DIR or --data-root DATA, one of them "
+                          f"({given} given); {_SPLIT_FIX}")
     if data_root is not None:
         root = Path(data_root).expanduser().resolve()
         if not (root / "test_processed").is_dir():

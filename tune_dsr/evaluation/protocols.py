@@ -14,7 +14,7 @@ intervals, paired differences against bicubic, per-subject accuracy, the most fr
 answers and, on request, a threshold sweep. Recognisers after the first are held out: a gain
 that only the recogniser DSR was trained against sees is overfitting.
 
-`evaluate` takes loaded networks and data and returns a JSON-ready report
+`evaluate_dsrs` takes loaded networks and data and returns a JSON-ready report
 (`tune_dsr.evaluation.report` prints it).
 """
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tune_dsr.data import PairedFaces
 
 __all__ = ["BICUBIC", "HELD_OUT", "HR", "PROTOCOLS", "TRAINED_AGAINST", "UNDER",
-           "check_threshold", "evaluate"]
+           "check_threshold", "evaluate_dsrs"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _mean(values: Tensor | None) -> float | None:
     return None if values is None else float(values.double().mean())
 
 
-def evaluate(data: PairedFaces, dsrs: Mapping[str, nn.Module],
+def evaluate_dsrs(data: PairedFaces, dsrs: Mapping[str, nn.Module],
              recognisers: Mapping[str, nn.Module], *,
              distractors: Sequence[DistractorFaces] | None = None, threshold: float = 0.35,
              leave_one_out: bool = False, sweep: bool = False, batch_size: int = 32,

@@ -418,7 +418,14 @@ class Experiment:
         from tune_dsr.tuning.front import describe
 
         chosen = list(objectives or self.objectives)
-        return describe(self.front(chosen), chosen)
+        configs = {}
+        for record in self.records:
+            searched = {k: record.config[k] for k in self.searched if k in record.config
+                        and not k.endswith("_on")}  # a switched-off weight shows as 0
+            configs[record.trial_id] = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(searched.items()))
+        return describe(self.front(chosen), chosen, configs=configs)
 
     def pareto(self, x: str, y: str) -> pd.DataFrame:
         """The trials no other trial beats on both `x` and `y`: front 0 of `front([x, y])`,
@@ -573,15 +580,16 @@ class Experiment:
         COMPLETE trials, and ASHA stops most of a search's trials; with `partial` (the default)
         the trials that did not run to the end (PRUNED by ASHA, or still running) count too, with
         their best value so far: the value they are ranked by. A stopped trial's value is
-        pessimistic, which is why ASHA stopped it. For another metric, or without a study,
-        each trial's best value of that metric is used the same way. FAIL trials never count.
-        The series' name says which evaluator answered and from how many trials.
+        pessimistic, which is why ASHA stopped it. For another metric, without a study, or for
+        a multi-objective study, each trial's best value of that metric is used the same way.
+        FAIL trials never count. The series' name says which evaluator answered and from how
+        many trials.
         """
         import optuna
 
         metric = metric or self.metric
         mode = self.mode if metric == self.metric else direction(metric)
-        if metric == self.metric and self.study is not None:
+        if metric == self.metric and self.study is not None and len(self.study.directions) == 1:
             trials = _study_trials(self.study, partial)
         else:
             trials = self._frame_trials(metric, partial)

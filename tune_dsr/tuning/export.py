@@ -60,13 +60,13 @@ def best_config_document(experiment: str, metric: str | None = None, rank: int =
     return document
 
 
-def front_config_document(experiment: str, *, pick: int | None = None,
+def front_config_document(experiment: str, *, point: int | None = None,
                           maximize: str | None = None, minimize: str | None = None,
                           where: Sequence[str] = ()) -> dict[str, Any]:
-    """The full config of one point of a multi-objective search's front: the `pick`-th (best
+    """The full config of one point of a multi-objective search's front: the `point`-th (best
     first on the first objective), or the best on `maximize` / `minimize` among the points that
     meet every condition of `where` (``"val_psnr>=24"``). The config monitors the metric the
-    rule optimises (the first objective for a pick); the provenance says how the point was
+    rule optimises (the first objective for a `point`); the provenance says how the point was
     chosen and its objectives. ConfigError for a single-objective search, a metric that is not
     an objective or goes the other way, and a rule no point meets (naming the closest)."""
     from tune_dsr.config import direction
@@ -85,7 +85,7 @@ def front_config_document(experiment: str, *, pick: int | None = None,
             better = "higher" if direction(best) == "max" else "lower"
             flag = "maximize" if wanted == "min" else "minimize"
             raise ConfigError(f"{best} is better {better}: use --{flag} {best}")
-    choice = choose(exp.front(), objectives, pick=pick, best=best, where=parse_where(where))
+    choice = choose(exp.front(), objectives, point=point, best=best, where=parse_where(where))
     row = exp.trials.set_index("trial_id").loc[choice.trial_id]
     row["trial_id"] = choice.trial_id
     document = _document(exp, row, choice.monitor, direction(choice.monitor), None)

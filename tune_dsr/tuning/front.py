@@ -3,7 +3,7 @@
 A trial's point is its objectives at the epoch it keeps (its best by the first objective, the
 model its ``best.pt`` holds): the ``metric/<objective>`` columns of the trials frame, which is
 ranked by that first objective. `front_frame` sorts every trial into non-dominated fronts;
-`choose` picks one point of front 0 by position (``--pick N``) or by a rule (``--maximize M
+`choose` picks one point of front 0 by position (``--point N``) or by a rule (``--maximize M
 --where "val_psnr>=24"``), and says by name what is wrong with a rule that cannot be met.
 """
 
@@ -24,7 +24,8 @@ __all__ = ["Choice", "Condition", "choose", "describe", "front_frame", "parse_wh
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_CONDITION = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(>=|<=|>|<)\s*(-?[\d.]+(?:[eE][-+]?\d+)?)\s*$")
+_CONDITION = re.compile(
+    r"^\s*([A-Za-z_]\w*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
 def front_frame(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
@@ -112,11 +113,11 @@ class Choice:
     how: str
 
 
-def choose(front: pd.DataFrame, objectives: Sequence[str], *, pick: int | None = None,
+def choose(front: pd.DataFrame, objectives: Sequence[str], *, point: int | None = None,
            best: str | None = None, where: Sequence[Condition] = ()) -> Choice:
-    """One point of front 0: the `pick`-th (1 = best on the first objective), or the best on
+    """One point of front 0: the `point`-th (1 = best on the first objective), or the best on
     `best` among the points that meet every condition of `where` (`best` defaults to the
-    first objective). The final run monitors `best` (the first objective for a pick)."""
+    first objective). The final run monitors `best` (the first objective for a `point`)."""
     points = front[front["front"] == 0]
     if points.empty:
         raise ConfigError("the search has no finished trial with every objective yet: nothing "
@@ -126,15 +127,15 @@ def choose(front: pd.DataFrame, objectives: Sequence[str], *, pick: int | None =
     if unknown:
         raise ConfigError(f"{', '.join(dict.fromkeys(unknown))} is not an objective of this "
                           f"search ({', '.join(objectives)}); a rule can only name those")
-    if pick is not None:
+    if point is not None:
         if best or where:
-            raise ConfigError("give either pick=N or a rule (maximize/minimize, where), not both")
-        if not 1 <= pick <= len(points):
-            raise ConfigError(f"pick={pick}: the front has {len(points)} point(s); give a pick "
+            raise ConfigError("give either point=N or a rule (maximize/minimize, where), not both")
+        if not 1 <= point <= len(points):
+            raise ConfigError(f"point={point}: the front has {len(points)} point(s); give a point "
                               f"from 1 to {len(points)}")
-        row = points.iloc[pick - 1]
+        row = points.iloc[point - 1]
         return Choice(str(row["trial_id"]), {m: float(row[m]) for m in objectives},
-                      objectives[0], f"point {pick} of {len(points)}")
+                      objectives[0], f"point {point} of {len(points)}")
     target = best or objectives[0]
     mask = np.ones(len(points), dtype=bool)
     for condition in where:
@@ -160,8 +161,10 @@ def choose(front: pd.DataFrame, objectives: Sequence[str], *, pick: int | None =
                   f"{rule} ({len(feasible)} of {len(points)} points qualify)")
 
 
-def describe(front: pd.DataFrame, objectives: Sequence[str], limit: int = 12) -> str:
-    """The front as text: one line per non-dominated point, then how many were dominated."""
+def describe(front: pd.DataFrame, objectives: Sequence[str], limit: int = 12,
+             configs: dict[str, str] | None = None) -> str:
+    """The front as text: one line per non-dominated point (with its config in brief, from
+    `configs`: trial id -> text), then how many were dominated."""
     points = front[front["front"] == 0]
     lines = [f"Pareto front of {' and '.join(objectives)}: {len(points)} of {len(front)} "
              "trials (best first by the first objective)"]
@@ -170,6 +173,8 @@ def describe(front: pd.DataFrame, objectives: Sequence[str], limit: int = 12) ->
         label = f" ({row.anchor} anchor)" if row.anchor else ""
         lines.append(f"  {index:2d}. trial {row.trial_id}{label}: {values}; best epoch "
                      f"{int(row.best_epoch)} of {int(row.epochs_run)} run")
+        if configs and configs.get(str(row.trial_id)):
+            lines.append(f"      {configs[str(row.trial_id)]}")
     if len(points) > limit:
         lines.append(f"  ... and {len(points) - limit} more")
     dominated = front[front["front"] > 0]

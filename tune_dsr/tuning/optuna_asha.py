@@ -5,9 +5,9 @@
   Here every epoch the trial's best value so far goes to the Optuna trial as an intermediate value
   (a trial is kept and ranked at its best epoch), and a trial that ended before the last epoch
   without error is told as PRUNED (Optuna's TPE handles pruned trials by their intermediate
-  values). With several objectives (a list of metrics) a trial that ran to the end is told its
-  point, one that the Pareto-aware ASHA stopped is PRUNED (multi-objective TPE ranks those
-  below the complete trials).
+  values). With several objectives (a list of metrics) a trial that ran to the end, or that its
+  own patience ended, is told its point; one that the Pareto-aware ASHA stopped is PRUNED
+  (multi-objective TPE ranks those below the complete trials).
 - `AshaStateCallback`: `Tuner.restore` brings back the searcher but not ASHA's rungs (ray#30838);
   this callback's state is saved with the experiment and puts the rungs back.
 - `check_storage_reachable`: a multi-node search needs a storage path every node can reach.
@@ -58,11 +58,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
     `max_epochs` is the full length of a trial; `step_key` the result key that counts epochs.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, step_key: str = "epoch",
+    def __init__(self, *args: Any, max_epochs: int, step_key: str = "epoch", patience: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._step_key = step_key
+        self._patience = patience
         self._last_step: dict[str, int] = {}
 
     def _study(self) -> optuna.Study:
@@ -106,6 +107,14 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if error or epochs >= self._max_epochs:
             if result and not self._several and f"best_{self.metric}" in result:
                 result = {**result, self.metric: result[f"best_{self.metric}"]}
+            super().on_trial_complete(trial_id, result, error)
+            return
+        since = result.get("epochs_since_best") if result else None
+        if (self._several and not error and self._patience and since is not None
+                and since >= self._patience):
+            # Ended by its own patience: its kept epoch, its point, will not change. With
+            # several objectives Optuna has no intermediate values to judge a PRUNED trial by,
+            # so it is told its point like a trial that ran to the end.
             super().on_trial_complete(trial_id, result, error)
             return
         # Stopped early (ASHA, time budget): PRUNED, judged by its intermediate values.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune_dsr import demo
 from tune_dsr.config import Config, direction
-from tune_dsr.errors import ConfigError
+from tune_dsr.errors import ConfigError, check_writable_dir
 from tune_dsr.tuning.experiment import (
     BEST_FILE,
     CONFIRM_DIR,
@@ -157,7 +157,7 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     if objectives and options.confirm:
         raise ConfigError(f"confirm={options.confirm} with objectives={','.join(objectives)}: "
                           "confirmation ranks configurations by one objective, and a search of "
-                          "several returns a front; export a point of it (export --pick or "
+                          "several returns a front; export a point of it (export --point or "
                           "--maximize) and train that, or leave confirm out")
     confirm = (options.confirm if options.confirm is not None
                else 0 if options.demo or objectives else min(DEFAULT_CONFIRM, num_samples))
@@ -168,6 +168,8 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         raise ConfigError(f"confirm_runs={options.confirm_runs} must be at least 1")
 
     storage = resolve_storage(options.storage_path)
+    if not is_uri(storage):  # before anything (the demo's faces) is written there
+        check_writable_dir(storage, "storage_path")
     name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     pins = dict(options.pins)
     base: dict[str, Any] = {}
@@ -309,7 +311,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         sampler=make_sampler(plan.seed, plan.num_samples),
         study_name=plan.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_path}"),
-        max_epochs=plan.max_epochs)
+        max_epochs=plan.max_epochs, patience=plan.patience)
     search_alg = (ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
                   if plan.max_concurrent else searcher)
     scheduler: Any
