@@ -62,9 +62,10 @@ class SearchOptions:
     patience: int | None = _option(None, "end a trial whose objective has not beaten its own "
                                    "best for this many epochs (default: the preset's, else the "
                                    "grace period)", int)
-    confirm: int | None = _option(None, "after the search, train the top K configurations again "
-                                  "with new seeds at the full budget; export takes the best "
-                                  "mean (default 3, at most --num-samples; 0 with --demo)", int)
+    confirm: int | None = _option(None, "after the search, train the top K configurations (and "
+                                  "the pixel-only anchor) again with new seeds at the full "
+                                  "budget; export takes the best mean (default 3, at most "
+                                  "--num-samples; 0 with --demo)", int)
     confirm_runs: int = _option(DEFAULT_CONFIRM_RUNS, "new runs of each confirmed "
                                 f"configuration (default {DEFAULT_CONFIRM_RUNS})", int)
     max_concurrent: int = _option(0, "trials running at once (default 0: as many as resources "

@@ -364,19 +364,28 @@ def _trainable(plan: SearchPlan, data: SearchData, experiment_path: str,
 
 
 def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
-    """The confirmation runs: the search's top `plan.confirm` trials' configs, each
-    `plan.confirm_runs` times with new seeds (the same seeds for every configuration, so they
-    are compared on equal terms), labelled with the trial they repeat."""
+    """The confirmation runs: the configs of the search's top `plan.confirm` trials and of the
+    pixel-only anchor, each `plan.confirm_runs` times with new seeds (the same seeds for every
+    configuration, so they are compared on equal terms), labelled with the trial they repeat.
+
+    The anchor is confirmed too because the verdict compares the winner with it: the winner's
+    confirmed mean (full budget, new seeds) against the anchor's one search run, which ASHA or
+    the patience may have cut short, would not be a fair comparison."""
+    from search_spaces import PIXEL_ONLY
     from tune_dsr.tuning.analysis import load_experiment
 
     experiment = load_experiment(plan.experiment_path)
-    ranked = experiment.top(experiment.trials.shape[0])
-    top = ranked[~ranked["error"].astype(bool)].head(plan.confirm)  # failed trials: never
-    if len(top) < plan.confirm:
+    ranked = experiment.top(None, confirmed=False)
+    finished = ranked[~ranked["error"].astype(bool)]  # failed trials: never
+    chosen = list(finished["trial_id"].head(plan.confirm))
+    if len(chosen) < plan.confirm:
         logger.warning("--confirm %d: only %d trial(s) finished with a %s value; confirming "
-                       "those", plan.confirm, len(top), plan.metric)
+                       "those", plan.confirm, len(chosen), plan.metric)
+    pixel = finished.loc[finished["anchor"] == PIXEL_ONLY, "trial_id"].tolist()
+    if chosen and pixel and pixel[0] not in chosen:
+        chosen.append(pixel[0])
     configs = []
-    for trial_id in top["trial_id"]:
+    for trial_id in chosen:
         config = experiment.trial(trial_id).config
         for run in range(1, plan.confirm_runs + 1):  # seeds the search never used
             configs.append({**config, "seed": int(config.get("seed", plan.seed)) + run,
