@@ -71,28 +71,36 @@ def check_writable_file(path: str | Path, flag: str, suffix: str = ".json") -> P
     """Refuse, before any work, an output file that cannot be written: a folder, or a place
     where no file can be created. Creates nothing."""
     target = Path(path).expanduser().resolve()
+    given = _given(flag, target)
     if target.is_dir():
-        raise ConfigError(f"{flag} {target} is a folder; give a file name to write in it, "
+        raise ConfigError(f"{given} is a folder; give a file name to write in it, "
                           f"e.g. {target / 'out'}{suffix}")
     folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
     if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
+        raise ConfigError(f"{given} cannot be written: {folder} is not a writable "
                           "folder; give a path under a folder you can write to")
     if target.exists() and not os.access(target, os.W_OK):
-        raise ConfigError(f"{flag} {target} exists and is read-only; give another path")
+        raise ConfigError(f"{given} exists and is read-only; give another path")
     return target
 
 
 def check_writable_dir(path: str | Path, flag: str) -> Path:
     """Refuse, before any work, an output folder that cannot be created or written to."""
     target = Path(path).expanduser().resolve()
+    given = _given(flag, target)
     if target.exists() and not target.is_dir():
-        raise ConfigError(f"{flag} {target} is a file; give a folder to write into")
+        raise ConfigError(f"{given} is a file; give a folder to write into")
     folder = next((p for p in (target, *target.parents) if p.exists()), None)
     if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {target} cannot be written: {folder} is not a writable "
+        raise ConfigError(f"{given} cannot be written: {folder} is not a writable "
                           "folder; give a path under a folder you can write to")
     return target
+
+
+def _given(name: str, target: Path) -> str:
+    """How a message names the path: ``--out PATH`` for a flag, ``storage_path=PATH`` for a
+    setting (which a command line shows as its own flag)."""
+    return f"{name} {target}" if name.startswith("-") else f"{name}={target}"
 
 
 # Errors that mean "the user's input is wrong": one paragraph and exit 2, no traceback.
