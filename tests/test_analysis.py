@@ -361,6 +361,22 @@ def test_verdict_says_whether_the_winner_beats_bicubic_and_the_pixel_only_anchor
     assert "its gain over bicubic has an interval that includes 0" in verdict.text
 
 
+def test_a_pixel_only_anchor_within_the_winners_interval_is_a_tie() -> None:
+    """The real-faces run of seed 1: the winner's confirmed mean 0.1439 [0.1117, 0.1762] against
+    the anchor's confirmed 0.1430 is no win; outside the interval it is."""
+    from tune_dsr.tuning.analysis import Verdict, Winner
+
+    winner = Winner("w", "", 0.1439, 2, 0.1117, 0.1762)
+    tie = Verdict.of("val_margin", "max", winner, "val_margin_gain", 0.06, 0.02, 0.25, 0.1,
+                     [24, 20], 6, 0.1430)
+    assert tie.beats_pixel_only is False
+    assert ("Against the pixel-only anchor (val_margin 0.1430): no clear difference (+0.0009; "
+            "it lies within the winner's 95 % interval).") in tie.text
+    ahead = Verdict.of("val_margin", "max", winner, "val_margin_gain", 0.06, 0.02, 0.25, 0.1,
+                       [24, 20], 6, 0.1000)
+    assert ahead.beats_pixel_only is True and "better by +0.0439" in ahead.text
+
+
 def test_verdict_with_unknown_figures_says_so(tmp_path: Path) -> None:
     """An experiment from before the gains had intervals, and a pixel-only anchor that failed
     before its first epoch: the verdict says what it does not know instead of guessing."""

@@ -17,6 +17,7 @@ RATIO = re.compile(r"^(?P<name>\S.*): ×(?P<r>[\d.,]+|nan) \(tune_dsr (?P<x>-?[\
 PARTS_WITH_RATIOS = ("step", "search", "pareto", "overhead", "memory")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_quick_suite_runs_and_ends_with_ratio_lines() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}

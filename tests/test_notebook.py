@@ -52,6 +52,7 @@ def _run(experiment: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return nb
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_analysis_notebook_runs_on_a_multi_objective_search(
         balanced_search: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +62,7 @@ def test_analysis_notebook_runs_on_a_multi_objective_search(
     assert "dominated trial(s)" in text and "MAXIMIZE, MAXIMIZE" in text
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_analysis_notebook_runs_on_the_search(finished_search: dict[str, Any],
                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,6 +173,7 @@ def _wait_for_finished(driver: subprocess.Popen, experiment: Path, count: int) -
         time.sleep(0.5)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
         ray_session, search_root, tmp_path, capsys):
@@ -255,6 +256,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
     storage, name = tmp_path / "shared_results", "cluster"

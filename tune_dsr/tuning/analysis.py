@@ -166,7 +166,8 @@ class Verdict:
     half-width of the per-probe paired difference; ``rank1_gain`` likewise. It *clearly beats
     bicubic* when the gain's interval excludes 0 and its best epoch came after the learning-rate
     warm-up (before it, the network has barely moved from bicubic upscaling). ``pixel_only`` is
-    the pixel-only anchor's value of the objective (its confirmed mean where confirmed).
+    the pixel-only anchor's value of the objective (its confirmed mean where confirmed); the
+    winner *beats* it only when that value lies outside the winner's confirmed interval.
     """
 
     metric: str
@@ -191,8 +192,12 @@ class Verdict:
         known = math.isfinite(gain) and math.isfinite(half)
         clear = known and gain - half > 0 and not in_warmup
         sign = 1.0 if mode == "max" else -1.0
+        # Ahead of the pixel-only anchor only where its value lies outside the winner's confirmed
+        # interval: two configurations within one seed's noise are a tie, not a ranking.
+        within = (pixel_only is not None and math.isfinite(winner.low)
+                  and winner.low <= pixel_only <= winner.high)
         beats_pixel = (None if pixel_only is None or winner.anchor == "pixel-only"
-                       else sign * (winner.value - pixel_only) > 0)
+                       else sign * (winner.value - pixel_only) > 0 and not within)
         which = (f"trial {winner.trial_id}" + (f" ({winner.anchor} anchor)" if winner.anchor
                                                 else ""))
         how = (f"mean of {winner.runs} confirmation run(s)" if winner.confirmed
@@ -215,6 +220,10 @@ class Verdict:
         if winner.anchor == "pixel-only":
             lines.append("The winner is the pixel-only anchor: the identity terms did not help "
                          "on this data.")
+        elif pixel_only is not None and within:
+            lines.append(f"Against the pixel-only anchor ({metric} {pixel_only:.4f}): no clear "
+                         f"difference ({sign * (winner.value - pixel_only):+.4f}; it lies within "
+                         "the winner's 95 % interval).")
         elif pixel_only is not None:
             lines.append(f"Against the pixel-only anchor ({metric} {pixel_only:.4f}): "
                          + ("better" if beats_pixel else "not better")
