@@ -241,6 +241,8 @@ def test_interrupted_then_killed_search_resumes_without_rerunning_trials(
 
 CLUSTER_SCRIPT = textwrap.dedent("""
     import sys
+    import time
+
     import ray
     from ray.cluster_utils import Cluster
     from tune_dsr import search
@@ -249,6 +251,12 @@ CLUSTER_SCRIPT = textwrap.dedent("""
                       connect=False, shutdown_at_exit=True)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
+    # Joined, then wait until the second node's CPU is schedulable: a Tune run that starts while
+    # the cluster still shows one CPU runs its trials one after another, all on the head.
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=True)
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
     code = search.main(sys.argv[1:] + ["--address", cluster.address])
     ray.shutdown()
     cluster.shutdown()
@@ -262,15 +270,18 @@ def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
     storage, name = tmp_path / "shared_results", "cluster"
     script = tmp_path / "cluster_search.py"
     script.write_text(CLUSTER_SCRIPT)
-    argv = [*data_args(search_root), *TINY, "--num-samples", "2", "--max-epochs", "1",
-            "--grace-period", "1", "--max-concurrent", "2", "--confirm", "0", "--storage-path",
+    # Four trials of two epochs: with one CPU per node two run at once, one on each node. (With
+    # two one-epoch trials the second could be handed the first's finished actor, since trials
+    # reuse actors, before a worker on the second node had started: a flaky test.)
+    argv = [*data_args(search_root), *TINY, "--num-samples", "4", "--max-epochs", "2",
+            "--grace-period", "2", "--max-concurrent", "2", "--confirm", "0", "--storage-path",
             str(storage), "--name", name]
     done = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, timeout=400,
                           env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Ray cluster: 2 nodes" in done.stderr
     trials = load_trials(str(storage / name))
-    assert len(trials) == 2 and all(t.history for t in trials)
+    assert len(trials) == 4 and all(t.history for t in trials)
     nodes = {r["node_id"] for t in trials for r in t.history}
     assert len(nodes) == 2  # trials ran on both nodes ...
     assert (storage / name / BEST_FILE).is_file()  # ... into one experiment folder
