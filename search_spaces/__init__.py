@@ -356,9 +356,10 @@ def load_preset(name_or_path: str) -> Preset:
     module = _load_module(name_or_path)
     where = f"search space {name_or_path!r}"
     objectives = tuple(getattr(module, "OBJECTIVES", ()))
-    if objectives and not hasattr(module, "METRIC"):
-        setattr(module, "METRIC", objectives[0])  # noqa: B010  (mypy: a module's own name)
-    missing = [n for n in ("space", "METRIC") if not hasattr(module, n)]
+    # The objective: METRIC, else the first of OBJECTIVES (the module itself is left as it is).
+    metric = getattr(module, "METRIC", objectives[0] if objectives else None)
+    missing = [n for n, v in (("space", getattr(module, "space", None)), ("METRIC", metric))
+               if v is None]
     if missing:
         raise ConfigError(f"{where} lacks {', '.join(missing)}; a preset defines space(trial) "
                           "and METRIC (see search_spaces/recognition_first.py)")
@@ -366,17 +367,17 @@ def load_preset(name_or_path: str) -> Preset:
         objectives = check_objectives(objectives, "OBJECTIVES") if objectives else ()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    if objectives and objectives[0] != module.METRIC:
-        raise ConfigError(f"{where}: METRIC={module.METRIC!r} must be the first of OBJECTIVES "
+    if objectives and objectives[0] != metric:
+        raise ConfigError(f"{where}: METRIC={metric!r} must be the first of OBJECTIVES "
                           f"({objectives[0]!r}), the one a trial keeps its best epoch by")
     if not callable(module.space):
         raise ConfigError(f"{where}: space must be a function space(trial) -> dict")
-    if module.METRIC not in METRICS:
-        raise ConfigError(f"{where}: METRIC={module.METRIC!r} is not a reported metric; choose "
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: METRIC={metric!r} is not a reported metric; choose "
                           f"one of {', '.join(METRICS)}")
-    mode = METRICS[module.METRIC]
+    mode = METRICS[metric]
     if getattr(module, "MODE", mode) != mode:
-        raise ConfigError(f"{where}: MODE={module.MODE!r} contradicts {module.METRIC}, for which "
+        raise ConfigError(f"{where}: MODE={module.MODE!r} contradicts {metric}, for which "
                           f"{'higher' if mode == 'max' else 'lower'} is better; drop MODE")
     anchors = getattr(module, "ANCHORS", None)
     if anchors is not None and (not isinstance(anchors, dict) or not anchors or not all(
@@ -393,7 +394,7 @@ def load_preset(name_or_path: str) -> Preset:
     except ConfigError as exc:  # e.g. a GUIDE key that is not a setting
         raise ConfigError(f"{where}: {exc}") from exc
     preset = Preset(
-        name=Path(name_or_path).stem, space=module.space, metric=module.METRIC,
+        name=Path(name_or_path).stem, space=module.space, metric=metric,
         mode=mode, guide=guide,
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().split("\n")[0]),
         max_epochs=int(getattr(module, "MAX_EPOCHS", 100)),
