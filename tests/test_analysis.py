@@ -17,12 +17,12 @@ import pytest
 
 from tests.helpers import SEARCH_PINS
 from tune_dsr.errors import ConfigError
+from tune_dsr.statistics import t_interval
 from tune_dsr.tuning.analysis import (
     asha_milestones,
     epochs_saved,
     load_experiment,
     load_trials,
-    t_interval,
     trials_frame,
     unfinished_trials,
 )

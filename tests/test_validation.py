@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from tests.helpers import memory_faces
 from tune_dsr.data import PairedFaces
+from tune_dsr.statistics import paired_half_width
 from tune_dsr.training.validation import (
     ValidationGallery,
     bicubic_upscale,
-    paired_half_width,
     soft_rank1,
 )
 
@@ -71,17 +71,24 @@ def test_a_dsr_that_copies_training_identities_is_caught(constructed_gallery):
 
 
 def test_gains_come_with_paired_intervals_and_a_soft_rank1(constructed_gallery):
-    """Each gain over bicubic has the 95 % half-width of its per-probe paired differences; the
-    soft rank-1 is the mean of sigmoid(margin / 0.05) and rises and falls with rank-1."""
+    """Each gain over bicubic has the 95 % half-width of its paired differences, persons as the
+    draws; the soft rank-1 is the mean of sigmoid(margin / 0.05) and rises and falls with
+    rank-1."""
     faithful = torch.stack([_axes((0, 0.8), (7, 0.2)), _axes((0, 0.8), (7, 0.3)),
                             _axes((1, 0.8), (7, 0.2)), _axes((1, 0.8), (7, 0.3))])
     report = constructed_gallery.report(faithful)
     # Rank-1 differences per probe: [0, 1, 0, 1] (bicubic missed probes 2 and 4).
     differences = torch.tensor([0.0, 1.0, 0.0, 1.0])
     assert report["val_rank1_full_gain"] == pytest.approx(0.5)
-    assert report["val_rank1_full_gain_ci"] == pytest.approx(
-        1.959964 * differences.std().item() / 2)
-    assert report["val_margin_gain_ci"] > 0  # the four margins differ a little
+    # Each of the two persons gained exactly one of its two probes: between persons the gain
+    # does not vary, so the person-level half-width is 0, where treating the four faces as
+    # independent would give 1.96 s / 2.
+    assert report["val_rank1_full_gain_ci"] == pytest.approx(0.0, abs=1e-12)
+    assert paired_half_width(differences) == pytest.approx(1.959964 * differences.std().item()
+                                                           / 2)
+    # The margins differ within a person, and the two persons' pairs are alike: again no
+    # spread between persons.
+    assert report["val_margin_gain_ci"] == pytest.approx(0.0, abs=1e-9)
     # Every faithful probe is identified with a margin near 0.95: soft rank-1 close to 1.
     assert report["val_soft_rank1"] > 0.99 and report["val_soft_rank1_gain"] > 0
     assert soft_rank1(torch.tensor([0.0])).item() == 0.5

@@ -14,8 +14,9 @@ From a similarity matrix come the guide's identification (`identify`: rank-1/5, 
 accuracy and unknown rate), the `margin` between the own subject and the best other one,
 verification over all probe-vs-subject pairs (`verification_metrics`: ROC-AUC, EER, TAR at a
 fixed FAR), per-subject accuracy, the most frequent wrong answers and a threshold sweep.
-`bootstrap_interval` and `paired_bootstrap` put a 95 % interval on per-probe figures: test sets
-are a few hundred probes, where one probe moves accuracy by several tenths of a point.
+Their 95 % intervals come from `tune_dsr.statistics` (re-exported here: `bootstrap_interval`,
+`paired_bootstrap`, `verdict`): test sets are a few hundred probes, where one probe moves
+accuracy by several tenths of a point.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tune_dsr.data import to_float
+from tune_dsr.statistics import Interval, bootstrap_interval, paired_bootstrap, verdict
 
 __all__ = [
     "Identification",
@@ -372,67 +374,6 @@ def verification_metrics_from_similarity(similarity: Tensor, labels: Tensor,
         own.scatter_(1, labels[rows, None], True)
         counts.add(part[~own])
     return _metrics_from_roc(*counts.roc(), fars)
-
-
-# ----------------------------------------------------------------------------- uncertainty
-
-class Interval(NamedTuple):
-    """A point estimate (the mean over all probes) and its bootstrap percentile interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-
-def bootstrap_means(values: Tensor, resamples: int = 2000, seed: int = 0) -> Tensor:
-    """Means of `resamples` resamples (with replacement) of a per-probe vector [N], float64 [R].
-
-    Seeded: the same seed and N draw the same index matrix, so two vectors over the same probes
-    are resampled identically (`paired_bootstrap` relies on it).
-    """
-    values = values.detach().double().flatten().cpu()
-    n = values.numel()
-    if n == 0:
-        raise ValueError("cannot bootstrap an empty vector")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, but got resamples={resamples}")
-    generator = torch.Generator().manual_seed(int(seed))
-    rows = max(1, _CHUNK_ELEMENTS // n)
-    means = []
-    for start in range(0, resamples, rows):
-        index = torch.randint(n, (min(rows, resamples - start), n), generator=generator)
-        means.append(values[index].mean(dim=1))
-    return torch.cat(means)
-
-
-def bootstrap_interval(values: Tensor, resamples: int = 2000, level: float = 0.95,
-                       seed: int = 0) -> Interval:
-    """The mean of a per-probe vector (0/1 hits or real values) with its percentile interval."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), but got level={level}")
-    means = bootstrap_means(values, resamples, seed)
-    tail = (1.0 - level) / 2.0
-    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
-    return Interval(values.detach().double().mean().item(), low.item(), high.item())
-
-
-def paired_bootstrap(a: Tensor, b: Tensor, resamples: int = 2000, level: float = 0.95,
-                     seed: int = 0) -> Interval:
-    """Mean of ``a − b`` over the same probes, with its interval: both methods are resampled with
-    the same probe indices, so probe difficulty cancels out. Identical inputs give (0, 0, 0)."""
-    if a.shape != b.shape:
-        raise ValueError(f"paired vectors must have the same shape, but got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    return bootstrap_interval(a.double() - b.double(), resamples, level, seed)
-
-
-def verdict(difference: Interval) -> str:
-    """"better" / "worse" only where the interval of a difference excludes 0."""
-    if difference.low > 0:
-        return "better"
-    if difference.high < 0:
-        return "worse"
-    return "no clear difference"
 
 
 # ----------------------------------------------------------------------------- breakdowns

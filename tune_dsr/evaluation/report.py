@@ -35,7 +35,9 @@ def format_report(report: Mapping[str, Any], worst: int = 5, wrong: int = 5) -> 
              f"{dataset['path']} ({dataset['vlr_size']} px -> {dataset['hr_size']} px), "
              f"threshold {threshold:g}"
              + (", leave-one-out gallery" if settings["leave_one_out"] else "") + "."]
-    lines.append("Percentages with 95 % bootstrap intervals over probes "
+    over = ("persons (all of a person's probes together)"
+            if settings.get("resampled") == "persons" else "probes")
+    lines.append(f"Percentages with 95 % bootstrap intervals over {over} "
                  f"({settings['resamples']} resamples). PSNR/SSIM against HR (n/a for HR).")
     wide = report["protocols"]["wide"]
     if wide["skipped"]:
@@ -64,7 +66,8 @@ def format_report(report: Mapping[str, Any], worst: int = 5, wrong: int = 5) -> 
                 f"{_pct(m['tar_at_far_1e-3']):>8} {psnr:>6} {ssim:>6}")
         dsr_names = [n for n in methods if "vs_bicubic" in methods[n]]
         if dsr_names:
-            lines.append("vs bicubic (paired bootstrap over the same probes, points, 95 % CI):")
+            lines.append(f"vs bicubic (paired bootstrap over the same {over.split(' (')[0]}, "
+                         "points, 95 % CI):")
             for name in dsr_names:
                 parts = [f"{metric} {_signed(d['difference'])} [{_signed(d['low'])}, "
                          f"{_signed(d['high'])}] {d['verdict']}"

@@ -15,7 +15,6 @@ the galleries, a few matrix products.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,13 +24,13 @@ from torch import Tensor
 from tune_dsr.data import PairedFaces, bicubic_upscale
 from tune_dsr.errors import ConfigError
 from tune_dsr.recognition import embed_batches, gallery_means, identify, similarities
+from tune_dsr.statistics import paired_half_width
 
 __all__ = [
     "DISTRACTOR_IMAGES_PER_SUBJECT",
     "SOFT_RANK1_TEMPERATURE",
     "Embed",
     "ValidationGallery",
-    "paired_half_width",
     "soft_rank1",
 ]
 
@@ -47,22 +46,12 @@ DISTRACTOR_IMAGES_PER_SUBJECT = 8
 # decision do not outweigh many near it (docs/results.md measures which signal predicts test
 # rank-1).
 SOFT_RANK1_TEMPERATURE = 0.05
-# z of a two-sided 95 % normal interval, for the paired gains over bicubic.
-Z95 = 1.959964
 
 
 def soft_rank1(margins: Tensor) -> Tensor:
     """Per probe: sigmoid(margin / `SOFT_RANK1_TEMPERATURE`), a smooth stand-in for a rank-1 hit."""
     return torch.sigmoid(margins / SOFT_RANK1_TEMPERATURE)
 
-
-def paired_half_width(differences: Tensor) -> float:
-    """95 % half-width of the mean of per-probe paired differences (normal approximation; NaN,
-    unknown, for fewer than two probes)."""
-    n = differences.numel()
-    if n < 2:
-        return math.nan
-    return float(Z95 * differences.float().std(unbiased=True) / n ** 0.5)
 
 Embed = Callable[[Tensor], Tensor]  # float images in [0, 1] on the device -> embeddings [B, D]
 
@@ -156,12 +145,14 @@ class ValidationGallery:
 
     def report(self, embeddings: Tensor) -> dict[str, float]:
         """The validation metrics of an epoch: DSR's, bicubic's and DSR's gains over bicubic,
-        each gain with the 95 % half-width of its paired per-probe difference (``..._ci``)."""
+        each gain with the 95 % half-width of its paired per-probe difference, clustered by
+        person (``..._ci``)."""
         found, probes = self._measure(embeddings)
         out = {f"val_{name}": value for name, value in found.items()}
         out.update({f"val_bicubic_{name}": value for name, value in self.bicubic.items()})
         for name, values in probes.items():
             difference = values - self.bicubic_probes[name]
             out[f"val_{name}_gain"] = difference.mean().item()
-            out[f"val_{name}_gain_ci"] = paired_half_width(difference)
+            # Persons, not faces, are the independent draws (a person's faces agree).
+            out[f"val_{name}_gain_ci"] = paired_half_width(difference, self.labels)
         return out

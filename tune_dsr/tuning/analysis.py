@@ -48,6 +48,7 @@ import pandas as pd
 
 from tune_dsr.config import direction
 from tune_dsr.errors import ConfigError
+from tune_dsr.statistics import t_interval
 from tune_dsr.tuning.experiment import (
     CONFIRM_DIR,
     DAMAGE,
@@ -89,24 +90,6 @@ GAIN_OF = {"val_margin": "val_margin_gain", "val_rank1_full": "val_rank1_full_ga
            "val_soft_rank1": "val_soft_rank1_gain", "val_margin_gain": "val_margin_gain",
            "val_rank1_full_gain": "val_rank1_full_gain",
            "val_soft_rank1_gain": "val_soft_rank1_gain"}
-# Two-sided 95 % Student t quantiles by degrees of freedom (beyond: the normal's 1.96).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t_interval(values: Iterable[float]) -> tuple[float, float, float]:
-    """Mean and 95 % Student t interval of a few runs' values (NaN bounds for one run)."""
-    data = np.asarray(list(values), dtype=float)
-    mean = float(data.mean()) if data.size else math.nan
-    if data.size < 2:
-        return mean, math.nan, math.nan
-    df = data.size - 1
-    # Between the table's rows, the row below: the wider interval (beyond 30: 30's).
-    t = _T95[max(k for k in _T95 if k <= df)]
-    half = t * float(data.std(ddof=1)) / math.sqrt(data.size)
-    return mean, mean - half, mean + half
-
-
 @dataclass
 class TrialRecord:
     """One trial folder as read: its config, one result per epoch, and how it ended."""
@@ -216,7 +199,7 @@ class Verdict:
         lines.append(f"Gain over bicubic on validation: {gain_metric} {gain:+.4f} "
                      f"{interval(gain, half, -math.inf, math.inf, '+.4f')}, rank-1 "
                      f"{rank1:+.1%} {interval(rank1, rank1_half, -1.0, 1.0, '+.1%')} (95 %, "
-                     "paired over the validation faces).")
+                     "paired over the validation persons).")
         if winner.anchor == "pixel-only":
             lines.append("The winner is the pixel-only anchor: the identity terms did not help "
                          "on this data.")
