@@ -404,15 +404,18 @@ def load_preset(name_or_path: str) -> Preset:
     return preset
 
 
-def check_objectives(objectives: Any, name: str = "objectives") -> tuple[str, ...]:
+def check_objectives(objectives: Any, name: str = "objectives",
+                     single: bool = False) -> tuple[str, ...]:
     """Two or three distinct reported metrics (a comma-separated string or a sequence), in
-    order; ConfigError naming what is wrong (the known metrics for an unknown one)."""
+    order, or with `single` also one (a single-objective search for it instead of the preset's
+    metric); ConfigError naming what is wrong (the known metrics for an unknown one)."""
     if isinstance(objectives, str):
         objectives = [part.strip() for part in objectives.split(",")]
     found = tuple(objectives)
     given = f"{name}={','.join(map(str, found))}"
-    if not 2 <= len(found) <= 3:
-        raise ConfigError(f"{given}: give two or three metrics, comma-separated, e.g. "
+    if not (1 if single else 2) <= len(found) <= 3:
+        raise ConfigError(f"{given}: give " + ("one metric, or " if single else "")
+                          + "two or three metrics, comma-separated, e.g. "
                           "val_margin_gain,val_psnr")
     for metric in found:
         if metric not in METRICS:

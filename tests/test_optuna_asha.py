@@ -134,3 +134,25 @@ def test_sampler_is_seeded_tpe_with_constant_liar():
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar and sampler._n_startup_trials == 5
     assert make_sampler(seed=3, num_samples=4)._n_startup_trials == 2
+
+
+def test_coverage_points_try_every_categorical_choice_the_anchors_left_out() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from tune_dsr.tuning.optuna_asha import coverage_points
+
+    space = {"bicubic_residual": CategoricalDistribution([False, True]),
+             "width": CategoricalDistribution([96, 112, 128]),
+             "lambda_identity_on": CategoricalDistribution([False, True]),
+             "lr": FloatDistribution(1e-5, 1e-3, log=True)}
+    anchors = [{"bicubic_residual": False, "width": 112, "lambda_identity_on": True},
+               {"bicubic_residual": False, "width": 112, "lambda_identity_on": False}]
+    points = coverage_points(space, anchors, budget=10)
+    assert points == [{"bicubic_residual": True, "width": 96}, {"width": 128}]
+    for name in ("bicubic_residual", "width", "lambda_identity_on"):
+        tried = {p[name] for p in anchors + points if name in p}
+        assert tried == set(space[name].choices)
+    # A budget too small for every choice: as many points as fit.
+    assert coverage_points(space, anchors, budget=1) == [{"bicubic_residual": True, "width": 96}]
+    assert coverage_points(space, anchors, budget=0) == []
+    assert coverage_points(space, anchors + points, budget=5) == []

@@ -69,6 +69,20 @@ def test_the_anchors_run_first_labelled(finished_search):
     assert pixel.config["lambda_identity"] == pixel.config["lambda_feature_match"] == 0.0
 
 
+def test_every_categorical_choice_is_tried_right_after_the_anchors(finished_search):
+    """The anchors both keep the perceptual term on; the next trial tries it off, before TPE."""
+    from optuna.distributions import CategoricalDistribution
+
+    study = finished_search["study"]
+    searched = load_preset("recognition_first").searched(SEARCH_PINS)
+    categorical = {name: dist.choices for name, dist in searched.items()
+                   if isinstance(dist, CategoricalDistribution)}
+    assert "lambda_perceptual_on" in categorical
+    first = [t.params for t in study.trials[:3]]
+    for name, choices in categorical.items():
+        assert {p[name] for p in first if name in p} == set(choices), name
+
+
 def test_stopped_trials_are_pruned_in_optuna_not_complete(finished_search):
     study = finished_search["study"]
     for trial in finished_search["trials"]:

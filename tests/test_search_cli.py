@@ -60,7 +60,10 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--confirm-runs", "0"], ["--confirm-runs=0 must be at least 1"]),
     (["--objectives", "val_psnr,val_psnr"], ["--objectives", "val_psnr given twice"]),
     (["--objectives", "val_psnr,val_sharpness"], ["'val_sharpness' is not a metric"]),
-    (["--objectives", "val_psnr"], ["give two or three metrics"]),
+    (["--objectives", "val_psnr,val_ssim,val_loss,val_margin"],
+     ["give one metric, or two or three metrics"]),
+    (["--objectives", "val_heldout_margin_gain"], ["val_heldout_margin_gain needs a held-out "
+                                                   "recogniser", "val_edgeface"]),
     (["--space", "balanced", "--confirm", "2"], ["--confirm=2", "a search of several returns a "
                                                  "front"]),
 ])
@@ -103,6 +106,11 @@ def test_missing_data_and_unreadable_edgeface(search_root, tmp_path, capsys):
                            "--storage-path", str(storage), "--name", "x"], capsys)
     assert code == 2 and str(broken) in text and "Traceback" not in text
     assert not (storage / "x").exists()
+    # The same file as the held-out validation recogniser: refused by its setting's name.
+    code, text = run_main([*data_args(search_root), *TINY, "--val-edgeface", str(broken),
+                           "--storage-path", str(storage), "--name", "x"], capsys)
+    assert code == 2 and "--val-edgeface" in text and str(broken) in text
+    assert "Traceback" not in text and not (storage / "x").exists()
 
 
 def test_storage_path_that_cannot_be_written(ray_session, search_root, tmp_path, capsys):

@@ -142,3 +142,30 @@ def test_real_cli_process_no_traceback_unless_debug(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "tune_dsr.train"], capture_output=True,
                            text=True, env=env, timeout=120)
     assert usage.returncode == 2 and "--out" in usage.stderr and "usage:" in usage.stderr
+
+
+def test_a_vlr_size_the_data_lacks_and_splits_of_different_sizes(tmp_path, capsys):
+    """Refused by name before any training, exit 2: a --vlr-size the data root does not hold
+    (the error lists the sizes it has), a root whose splits hold different sizes, and a
+    held-out recogniser file that is not an EdgeFace."""
+    from tune_dsr.synthetic import make_synthetic_dataset
+
+    root = tmp_path / "faces"
+    make_synthetic_dataset(root, subjects=6, per_subject=2, vlr_sizes=(8, 16), seed=0, hr_size=32)
+    out = tmp_path / "run"
+    hr32 = ["--set", "hr_size=32"]
+    code, _, err = run_main(["--data-root", str(root), *RANDOM_NETS, *hr32, "--vlr-size", "12",
+                             "--out", str(out)], capsys)
+    assert code == 2 and "--vlr-size=12" in err and "vlr_images_8x8/" in err
+    assert "vlr_images_16x16/" in err and "Traceback" not in err
+    broken = tmp_path / "not_edgeface.pt"
+    broken.write_bytes(b"not a checkpoint")
+    code, _, err = run_main(["--data-root", str(root), *RANDOM_NETS, *hr32, "--vlr-size", "8",
+                             "--val-edgeface", str(broken), "--out", str(out)], capsys)
+    assert code == 2 and "--val-edgeface" in err and str(broken) in err
+    assert not (out / "metrics.jsonl").exists()
+    shutil.rmtree(root / "val_processed" / "vlr_images_8x8")
+    shutil.rmtree(root / "train_processed" / "vlr_images_16x16")
+    code, _, err = run_main(["--data-root", str(root), *RANDOM_NETS, *hr32, "--out", str(out)], capsys)
+    assert code == 2 and "training VLR images are 8px, validation ones 16px" in err
+    assert not (out / "metrics.jsonl").exists()

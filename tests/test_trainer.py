@@ -6,13 +6,15 @@ import math
 import pytest
 import torch
 
-from tune_dsr.config import METRICS, Config
+from tests.helpers import BoringIdentityNet
+from tune_dsr.config import HELD_OUT_PREFIX, METRICS, Config
 from tune_dsr.errors import CheckpointError, ConfigError
 from tune_dsr.models.checkpoints import load_dsr
 from tune_dsr.training.trainer import Callback, Trainer, TrainingDiverged, WarmupCosine
 
 EXPECTED_KEYS = {
-    *METRICS, "epoch", "lr", "train_loss", "images_per_s", "epoch_seconds", "train_psnr",
+    *(m for m in METRICS if not m.startswith(HELD_OUT_PREFIX)), "epoch", "lr", "train_loss",
+    "images_per_s", "epoch_seconds", "train_psnr",
     "val_bicubic_rank1", "val_bicubic_rank1_full", "val_bicubic_margin", "val_bicubic_accuracy",
     "val_bicubic_unknown_rate", "val_bicubic_soft_rank1", "epochs_since_best",
     "val_margin_gain_ci", "val_rank1_full_gain_ci", "val_soft_rank1_gain_ci",
@@ -61,6 +63,51 @@ def test_callback_gets_every_metric_each_epoch(unit_config, memory_sets, boring_
     _, config, metrics = load_dsr(tmp_path / "best.pt")
     assert config == unit_config and metrics["epoch"] == result.best_epoch
     assert (tmp_path / "best.png").is_file()
+
+
+def test_a_held_out_recogniser_is_measured_beside_the_trained_against_one(
+        unit_config, memory_sets, boring_nets, tmp_path):
+    """val_heldout_* from a second network that DSR never trains against; the smaller of the two
+    margin gains is val_margin_gain_min; a held-out metric can be the monitor only with one."""
+    other = BoringIdentityNet(seed=5)
+    recorder = Recorder()
+    config = unit_config.replace(val_edgeface="random:edgeface_xxs", monitor="val_margin_gain_min")
+    trainer = _trainer(config, memory_sets, boring_nets, callbacks=[recorder], held_out=other)
+    trainer.fit()
+    for metrics in recorder.epochs:
+        assert set(metrics) >= set(METRICS)
+        assert metrics["val_heldout_margin"] != metrics["val_margin"]  # another network
+        assert metrics["val_heldout_margin_gain"] == pytest.approx(
+            metrics["val_heldout_margin"] - metrics["val_heldout_bicubic_margin"])
+        assert metrics["val_margin_gain_min"] == min(metrics["val_margin_gain"],
+                                                     metrics["val_heldout_margin_gain"])
+        assert math.isfinite(metrics["val_heldout_margin_gain_ci"])
+    plain = Recorder()
+    _trainer(unit_config, memory_sets, boring_nets, callbacks=[plain]).fit()
+    assert not any(k.startswith(HELD_OUT_PREFIX) for k in plain.epochs[0])
+    assert plain.epochs[0]["val_margin_gain_min"] == plain.epochs[0]["val_margin_gain"]
+    with pytest.raises(ConfigError, match=r"monitor='val_heldout_margin'.*val_edgeface"):
+        unit_config.replace(monitor="val_heldout_margin")
+
+
+def test_samples_per_epoch_draws_a_fresh_part_of_the_set_each_epoch(unit_config, memory_sets,
+                                                                   boring_nets):
+    """Four of the 18 training pairs an epoch (one batch); the draw is seeded by (seed, epoch),
+    so each epoch takes another four."""
+    seen = []
+
+    class Batches(Callback):
+        def on_batch_end(self, trainer, batch, num_batches, loss):
+            seen.append((trainer.epoch, num_batches))
+
+    trainer = _trainer(unit_config.replace(samples_per_epoch=4), memory_sets, boring_nets,
+                       callbacks=[Batches()])
+    result = trainer.fit()
+    assert seen == [(0, 1), (1, 1)]  # one batch of 4 per epoch, not ceil(18 / 4)
+    assert all(m["images_per_s"] > 0 for m in trainer.history) and result.epochs_run == 2
+    # More than the set: every pair, as without the setting.
+    assert _trainer(unit_config.replace(samples_per_epoch=100), memory_sets,
+                    boring_nets).epoch_samples == len(memory_sets[0])
 
 
 def test_best_pt_holds_the_ema_weights_of_each_new_best_epoch(unit_config, memory_sets,

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from tune_dsr.errors import ConfigError
 
 __all__ = [
+    "HELD_OUT_PREFIX",
     "METRICS",
     "PERCEPTUAL_LAYERS",
     "Config",
@@ -51,6 +52,17 @@ METRICS: dict[str, str] = {
     "val_rank1": "max",  # rank-1 on the validation subjects alone (the guide's gallery)
     "val_accuracy": "max",  # the guide's: right and similarity >= recognition_threshold
     "val_unknown_rate": "min",
+    # The same under a held-out recogniser (``val_edgeface``): one the run never trains against,
+    # so a gain here is not one network pleased (docs/results.md, "A gain that transfers").
+    "val_heldout_margin": "max",
+    "val_heldout_margin_gain": "max",
+    "val_heldout_rank1_full": "max",
+    "val_heldout_rank1_full_gain": "max",
+    "val_heldout_soft_rank1": "max",
+    "val_heldout_soft_rank1_gain": "max",
+    # The smaller of the two margin gains (the trained-against and the held-out recogniser's;
+    # without a held-out one, val_margin_gain): a DSR must help both to score.
+    "val_margin_gain_min": "max",
     # image quality and loss terms
     "val_score": "max",
     "val_psnr": "max",
@@ -63,6 +75,10 @@ METRICS: dict[str, str] = {
     "val_feature_match_loss": "min",
     "val_tv_loss": "min",
 }
+
+
+# The metrics that only a run with a held-out validation recogniser (val_edgeface) reports.
+HELD_OUT_PREFIX = "val_heldout_"
 
 
 def direction(metric: str) -> str:
@@ -186,9 +202,13 @@ class DataConfig:
     augment: bool = True
     # Cap on images per split (0: all); for smoke tests and quick searches.
     max_images: int = 0
+    # Training pairs drawn afresh each epoch (0: every pair, every epoch). Unlike max_images,
+    # every training person is still seen: a cheaper epoch, not a smaller data set.
+    samples_per_epoch: int = 0
 
     def __post_init__(self) -> None:
         _range("max_images", self.max_images, 0, 10**9)
+        _range("samples_per_epoch", self.samples_per_epoch, 0, 10**9)
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,9 @@ class TrainConfig:
     device: str = "auto"
     edgeface: str = "edgeface_finetuned.pth"
     perceptual_weights: str = "imagenet"
+    # A second recogniser for validation only, never trained against ("" for none): reported as
+    # val_heldout_* every epoch, and usable as the monitor or a search's objective.
+    val_edgeface: str = ""
 
     def __post_init__(self) -> None:
         _range("epochs", self.epochs, 1, 100_000)
@@ -233,6 +256,9 @@ class TrainConfig:
         _range("patience", self.patience, 0, 100_000)
         _check(self.monitor in METRICS, "monitor", self.monitor,
                f"choose one of {', '.join(METRICS)}")
+        _check(not self.monitor.startswith(HELD_OUT_PREFIX) or bool(self.val_edgeface),
+               "monitor", self.monitor, "a held-out metric needs a held-out recogniser: set "
+               "val_edgeface (--val-edgeface FILE)")
         _range("recognition_threshold", self.recognition_threshold, -1.0, 1.0)
         _range("seed", self.seed, 0, 2**32 - 1)
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edgeface", help="EdgeFace checkpoint path, or random:<variant> for a "
                                       "smoke test (default: from --config, else "
                                       "edgeface_finetuned.pth)")
+    p.add_argument("--val-edgeface", metavar="PATH",
+                   help="a held-out recogniser for validation only, never trained against: "
+                        "reported as val_heldout_* every epoch, usable as --set monitor=... "
+                        "(default: none)")
     p.add_argument("--perceptual-weights", help="VGG19 weights: imagenet (torch hub cache), a "
                                                 "file path, or random (default: imagenet)")
     p.add_argument("--config", help="JSON config (e.g. best.json from tune_dsr.export); flags "
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vlr-size", type=int,
                    help="VLR input size in px (default: the only vlr_images* folder there)")
     add_max_images_flag(p)
+    p.add_argument("--samples-per-epoch", type=int, metavar="N",
+                   help="training pairs drawn afresh each epoch, all persons in play (default "
+                        "0: every pair every epoch)")
     add_device_flag(p)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs; 0: off "
                                                 "(default 20)")
@@ -125,8 +132,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.data_root:
         overrides.update(split_dirs(args.data_root, "train", "val"))
     # Each flag is named after the setting it sets.
-    flags = ("train_dir", "val_dir", "edgeface", "perceptual_weights", "epochs", "batch_size",
-             "vlr_size", "max_images", "device", "patience", "seed")
+    flags = ("train_dir", "val_dir", "edgeface", "val_edgeface", "perceptual_weights", "epochs",
+             "batch_size", "vlr_size", "max_images", "samples_per_epoch", "device", "patience",
+             "seed")
     overrides.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
     overrides.update(parse_settings(args.set))
     for key in ("train_dir", "val_dir"):

@@ -24,6 +24,7 @@ __all__ = [
     "DSRLoss",
     "Perceptual",
     "build_vgg",
+    "load_held_out",
     "load_loss_networks",
     "total_variation",
 ]
@@ -213,3 +214,19 @@ def load_loss_networks(edgeface: str, perceptual_weights: str) -> tuple[nn.Modul
         identity_net = load_edgeface(edgeface)
         vgg = build_vgg(perceptual_weights)
     return identity_net, vgg
+
+
+def load_held_out(edgeface: str) -> nn.Module:
+    """The held-out validation recogniser (``val_edgeface``): an EdgeFace file, or
+    ``random:<variant>`` drawn from another seed than the trained-against one (so that a smoke
+    test's two random recognisers differ). EdgeFaceError names the setting for a bad file."""
+    from tune_dsr.errors import EdgeFaceError
+    from tune_dsr.models.checkpoints import load_edgeface
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return load_edgeface(edgeface)
+    except EdgeFaceError as exc:
+        raise EdgeFaceError(f"val_edgeface={edgeface!r} (the held-out validation recogniser): "
+                            f"{exc}") from exc

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from tune_dsr.config import Config, direction, score
+from tune_dsr.config import HELD_OUT_PREFIX, Config, direction, score
 from tune_dsr.data import PairedFaces, bicubic_upscale, to_float
 from tune_dsr.errors import ConfigError
 from tune_dsr.hardware import autocast_dtype, resolve_device
@@ -33,7 +33,7 @@ from tune_dsr.models.checkpoints import (
 from tune_dsr.models.dsr import DSR
 from tune_dsr.quality import psnr, psnr_y, ssim
 from tune_dsr.training.augment import augment_pair
-from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual
+from tune_dsr.training.losses import TERMS, DSRLoss, Perceptual, load_held_out
 from tune_dsr.training.validation import ValidationGallery
 
 __all__ = [
@@ -117,7 +117,7 @@ class Trainer:
     def __init__(self, config: Config, train_set: PairedFaces, val_set: PairedFaces,
                  identity_net: nn.Module, vgg: nn.Sequential | None, *,
                  callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
-                 save_last: bool = True) -> None:
+                 save_last: bool = True, held_out: nn.Module | None = None) -> None:
         if config.model.vlr_size is None:  # unset: the data's size
             config = config.replace(vlr_size=train_set.vlr_size)
         _check_sizes(config, "training", train_set)
@@ -161,6 +161,11 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self._gallery: ValidationGallery | None = None
+        # The held-out validation recogniser (config ``val_edgeface``), never trained against.
+        if held_out is None and cfg.val_edgeface:
+            held_out = load_held_out(cfg.val_edgeface)
+        self.held_out = held_out.to(self.device) if held_out is not None else None
+        self._held_out_gallery: ValidationGallery | None = None
         self._tensorboard: Any = None  # a tensorboardX writer, opened at the first grid
 
     # ---------------------------------------------------------------- the loop
@@ -180,7 +185,7 @@ class Trainer:
             self.scheduler.step()
             self.epoch += 1
             metrics = {"epoch": float(self.epoch), "lr": lr, **train_metrics, **val_metrics,
-                       "images_per_s": len(self.train_set) / max(train_seconds, 1e-9),
+                       "images_per_s": self.epoch_samples / max(train_seconds, 1e-9),
                        "epoch_seconds": time.perf_counter() - started}
             improved = self._track_best(metrics)
             metrics["best_" + self.monitor] = float(self.best_value)  # type: ignore[arg-type]
@@ -211,13 +216,21 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
+    @property
+    def epoch_samples(self) -> int:
+        """Training pairs one epoch steps through (``samples_per_epoch``, at most all of them)."""
+        wanted = self.config.data.samples_per_epoch
+        return min(wanted, len(self.train_set)) if wanted else len(self.train_set)
+
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.config.train
         self.model.train()
         # Data order and augmentation come from a generator seeded by (seed, epoch): an epoch is the
         # same whether the run went straight through or was resumed before it.
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
-        batches = torch.randperm(len(self.train_set), generator=generator).split(cfg.batch_size)
+        # With samples_per_epoch, each epoch a fresh draw of that many pairs (all persons in play).
+        order = torch.randperm(len(self.train_set), generator=generator)[:self.epoch_samples]
+        batches = order.split(cfg.batch_size)
         names = ("total", *TERMS, "psnr")
         # Summed on the device and read once per epoch: a read per step would make the host wait
         # for the device at every step.
@@ -245,7 +258,7 @@ class Trainer:
             sums += values * len(batch)
             for callback in self.callbacks:
                 callback.on_batch_end(self, index, len(batches), terms["total"].detach())
-        means = dict(zip(names, (sums / len(self.train_set)).tolist(), strict=True))
+        means = dict(zip(names, (sums / len(order)).tolist(), strict=True))
         for name in names[:-1]:
             if not math.isfinite(means[name]):
                 raise TrainingDiverged(
@@ -269,12 +282,22 @@ class Trainer:
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
     @torch.no_grad()
-    def _embed(self, images: Tensor) -> Tensor:
-        """Embeddings of float images in [0, 1] by the frozen recogniser."""
+    def _embed(self, images: Tensor, net: nn.Module | None = None) -> Tensor:
+        """Embeddings of float images in [0, 1] by the frozen recogniser (or `net`)."""
         with self._autocast():
-            embedding, _ = self.loss.identity_net(
+            embedding, _ = (net or self.loss.identity_net)(
                 images.contiguous(memory_format=self.memory_format))
         return embedding.float()
+
+    @property
+    def held_out_gallery(self) -> ValidationGallery | None:
+        """The held-out recogniser's galleries and bicubic's figures (None without one)."""
+        if self.held_out is not None and self._held_out_gallery is None:
+            net = self.held_out
+            self._held_out_gallery = ValidationGallery.build(
+                lambda images: self._embed(images, net), self.train_set, self.val_set,
+                self.config.train.recognition_threshold, self.device)
+        return self._held_out_gallery
 
     @property
     def gallery(self) -> ValidationGallery:
@@ -297,7 +320,7 @@ class Trainer:
         batch_size = self.config.train.batch_size
         names = ("total", *TERMS, "psnr", "psnr_y", "ssim")
         sums = torch.zeros(len(names), device=self.device)
-        sr_embeddings = []
+        sr_embeddings, held_out_embeddings = [], []
         for batch in torch.arange(len(self.val_set)).split(batch_size):
             vlr = self._to_device(self.val_set.vlr[batch]).contiguous(
                 memory_format=self.memory_format)
@@ -308,6 +331,8 @@ class Trainer:
                 terms = self.loss(sr, hr, compute_all=True)
             sr = sr.float()
             sr_embeddings.append(terms["sr_embedding"].float())
+            if self.held_out is not None:
+                held_out_embeddings.append(self._embed(sr, self.held_out))
             values = [terms[k].float() * len(batch) for k in ("total", *TERMS)]
             values += [psnr(sr, hr).sum(), psnr_y(sr, hr).sum(), ssim(sr, hr).sum()]
             sums += torch.stack(values)
@@ -321,6 +346,14 @@ class Trainer:
                                        "lower the learning rate")
         # Recognition of identities never seen in training (the splits are by subject).
         out.update(gallery.report(torch.cat(sr_embeddings)))
+        out["val_margin_gain_min"] = out["val_margin_gain"]
+        held_out = self.held_out_gallery
+        if held_out is not None:
+            found = held_out.report(torch.cat(held_out_embeddings))
+            out.update({HELD_OUT_PREFIX + key[len("val_"):]: value
+                        for key, value in found.items()})
+            out["val_margin_gain_min"] = min(out["val_margin_gain"],
+                                             out[HELD_OUT_PREFIX + "margin_gain"])
         out["val_score"] = score(out["val_psnr"], out["val_margin_gain"])
         return out
 

@@ -89,7 +89,15 @@ BASE_COLUMNS = ["trial_id", "anchor", "value", "best_epoch", "epochs_run", "stop
 GAIN_OF = {"val_margin": "val_margin_gain", "val_rank1_full": "val_rank1_full_gain",
            "val_soft_rank1": "val_soft_rank1_gain", "val_margin_gain": "val_margin_gain",
            "val_rank1_full_gain": "val_rank1_full_gain",
-           "val_soft_rank1_gain": "val_soft_rank1_gain"}
+           "val_soft_rank1_gain": "val_soft_rank1_gain",
+           "val_heldout_margin": "val_heldout_margin_gain",
+           "val_heldout_margin_gain": "val_heldout_margin_gain",
+           "val_heldout_rank1_full": "val_heldout_rank1_full_gain",
+           "val_heldout_rank1_full_gain": "val_heldout_rank1_full_gain",
+           "val_heldout_soft_rank1": "val_heldout_soft_rank1_gain",
+           "val_heldout_soft_rank1_gain": "val_heldout_soft_rank1_gain",
+           # the verdict's interval is the trained-against gain's; the held-out one is beside it
+           "val_margin_gain_min": "val_margin_gain"}
 @dataclass
 class TrialRecord:
     """One trial folder as read: its config, one result per epoch, and how it ended."""

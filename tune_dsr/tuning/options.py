@@ -33,9 +33,10 @@ class SearchOptions:
     space: str = _option("recognition_first", "preset name (recognition_first, quality_first, "
                          "fast, balanced) or a path to your own preset .py (default "
                          "recognition_first)")
-    objectives: str | None = _option(None, "search two or three objectives together for their "
-                                     "Pareto front, e.g. val_margin_gain,val_psnr (default: "
-                                     "the preset's: one, or balanced's two)", metavar="M1,M2")
+    objectives: str | None = _option(None, "one metric: search it instead of the preset's; "
+                                     "two or three: search them together for their Pareto "
+                                     "front, e.g. val_margin_gain,val_psnr (default: the "
+                                     "preset's: one, or balanced's two)", metavar="M1,M2")
     data_root: str | None = _option(None, "a data root that holds train_processed/ and "
                                     "val_processed/", metavar="DATA")
     train_dir: str | None = _option(None, "the train split folder (instead of --data-root)",
@@ -48,6 +49,13 @@ class SearchOptions:
                               "(default 0: all)", int)
     edgeface: str | None = _option(None, "fine-tuned EdgeFace checkpoint, or random:<variant> "
                                    "(default edgeface_finetuned.pth)")
+    val_edgeface: str | None = _option(None, "a held-out recogniser for validation only, never "
+                                       "trained against: every trial reports val_heldout_* "
+                                       "and val_margin_gain_min, usable as --objectives or in a "
+                                       "preset (default: none)", metavar="PATH")
+    samples_per_epoch: int | None = _option(None, "training pairs drawn afresh each epoch, all "
+                                            "persons in play (default 0: every pair)", int,
+                                            metavar="N")
     perceptual_weights: str | None = _option(None, "VGG19 weights: imagenet, a file, or random")
     pins: Mapping[str, Any] = _option({}, "hold a setting fixed (JSON value), e.g. --set "
                                       "width=64; a searched knob set here is no longer "

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune_dsr import demo
-from tune_dsr.config import Config, direction
+from tune_dsr.config import HELD_OUT_PREFIX, Config, direction
 from tune_dsr.errors import ConfigError, check_writable_dir
 from tune_dsr.tuning.experiment import (
     BEST_FILE,
@@ -130,9 +130,11 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     from search_spaces import check_objectives
 
     preset = load_preset(options.space)
-    objectives = (list(check_objectives(options.objectives)) if options.objectives
-                  else list(preset.objectives))
+    objectives = (list(check_objectives(options.objectives, single=True))
+                  if options.objectives else list(preset.objectives))
     metric = objectives[0] if objectives else preset.metric
+    if len(objectives) == 1:  # one objective: a single-objective search for it
+        objectives = []
     space_ref = (str(Path(options.space).resolve()) if options.space.endswith(".py")
                  else options.space)
     _positive(options, "num_samples", "max_epochs", "grace_period", "time_budget",
@@ -193,12 +195,20 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     for key in ("edgeface", "perceptual_weights"):
         value = getattr(options, key) or base.get(key) or getattr(Config().train, key)
         base[key] = _local_file(value)
+    if options.val_edgeface or base.get("val_edgeface"):
+        base["val_edgeface"] = _local_file(options.val_edgeface or base["val_edgeface"])
+    if options.samples_per_epoch is not None:
+        base["samples_per_epoch"] = options.samples_per_epoch
     base.update(preset.constants(), epochs=max_epochs, seed=options.seed,
                 max_images=options.max_images)
     if options.vlr_size:
         base["vlr_size"] = options.vlr_size
     base.update(pins)
     Config().replace(**base)  # every setting checked now, not in a trial
+    held_out = [m for m in [metric, *objectives] if m.startswith(HELD_OUT_PREFIX)]
+    if held_out and not base.get("val_edgeface"):
+        raise ConfigError(f"the objective {held_out[0]} needs a held-out recogniser: pass "
+                          "val_edgeface=PATH (an EdgeFace file the DSR does not train against)")
     anchors = preset.anchor_points(pins)
     if num_samples < len(anchors):
         logger.warning("%d trials run only the first %d of the anchors %s", num_samples,
@@ -283,6 +293,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         AshaStateCallback,
         PruneAwareOptunaSearch,
         check_private_api,
+        coverage_points,
         make_sampler,
         trial_dirname,
     )
@@ -305,9 +316,12 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     # epoch gives (`kept_<objective>`, see trainable.TuneReporter), in Pareto order.
     keys: str | list[str] = [kept_key(m) for m in plan.objectives] or plan.metric
     modes: str | list[str] = [direction(m) for m in plan.objectives] or plan.mode
+    # After the anchors, start-up trials that try every categorical choice the anchors did not.
+    coverage = coverage_points(preset.searched(plan.pins), list(anchors.values()),
+                               plan.num_samples - len(anchors))
     searcher = PruneAwareOptunaSearch(
         space=SearchSpace(preset.space, plan.pins, anchors), metric=keys, mode=modes,
-        points_to_evaluate=list(anchors.values()),
+        points_to_evaluate=[*anchors.values(), *coverage],
         sampler=make_sampler(plan.seed, plan.num_samples),
         study_name=plan.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_path}"),
@@ -468,7 +482,7 @@ def run_search(plan: SearchPlan, resume: bool = False,
     `tune_dsr.tuning.trainable.train_dsr`).
     """
     from search_spaces import load_preset
-    from tune_dsr.training.losses import load_loss_networks
+    from tune_dsr.training.losses import load_held_out, load_loss_networks
     from tune_dsr.tuning.analysis import unfinished_trials
     from tune_dsr.tuning.export import best_config_document
 
@@ -480,6 +494,8 @@ def run_search(plan: SearchPlan, resume: bool = False,
     data = load_data(plan)
     # Load the loss networks once here: an unreadable EdgeFace file fails now, not in a trial.
     load_loss_networks(plan.base["edgeface"], plan.base["perceptual_weights"])
+    if plan.base.get("val_edgeface"):
+        load_held_out(plan.base["val_edgeface"])
     if resume:
         check_study_matches(plan)
     connect_ray(plan)
