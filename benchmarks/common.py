@@ -218,3 +218,5 @@ class Context:
     data: Path | None = None  # --data: a real face set (the faces part)
     edgeface: str | None = None  # --edgeface: its recogniser
     seed: int = 0  # --seed: of the searches and trainings that the faces part runs
+    vlr_size: int | None = None  # --vlr-size: which VLR folder of the face set (faces part)
+    held_out: list[str] | None = None  # --held-out: recognisers DSR never trains against

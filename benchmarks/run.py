@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "test_processed/), for the faces part")
     p.add_argument("--edgeface", metavar="FILE",
                    help="the EdgeFace checkpoint the faces part trains against")
+    p.add_argument("--vlr-size", type=int, metavar="PX",
+                   help="the faces part's VLR size, for a face set with several (default: its "
+                        "only one)")
+    p.add_argument("--held-out", action="append", metavar="FILE",
+                   help="a recogniser DSR never trains against: the faces part validates with "
+                        "the first (the search's objective becomes the smaller of the two "
+                        "margin gains) and evaluates the test persons under each; repeatable")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the faces part's search and trainings (default 0)")
     return p
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         from tune_dsr.errors import ConfigError
 
         try:
-            check_inputs(args.data, args.edgeface)
+            check_inputs(args.data, args.edgeface, args.held_out)
         except ConfigError as exc:
             parser.error(str(exc))
     device = setup_torch(args.device, args.threads)
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tune_dsr_bench_") as tmp:
         ctx = Context(device=device, demo=args.demo, threads=args.threads, workdir=Path(tmp),
                       repeats=args.repeats, data=args.data, edgeface=args.edgeface,
-                      seed=args.seed)
+                      seed=args.seed, vlr_size=args.vlr_size, held_out=args.held_out)
         try:
             for name in parts:
                 print(f"## {name}", flush=True)
