@@ -220,3 +220,4 @@ class Context:
     seed: int = 0  # --seed: of the searches and trainings that the faces part runs
     vlr_size: int | None = None  # --vlr-size: which VLR folder of the face set (faces part)
     held_out: list[str] | None = None  # --held-out: recognisers DSR never trains against
+    faces_budget: str = "full"  # --faces-budget: the faces part's CPU budget (full, quick)

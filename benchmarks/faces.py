@@ -89,6 +89,10 @@ FULL = Budget(num_samples=10, max_epochs=14, grace_period=3, reduction_factor=2,
 # A GPU runs the full set every epoch, the guide's DSR size among the searched ones.
 GPU = Budget(num_samples=16, max_epochs=30, grace_period=5, reduction_factor=2, confirm=3,
              confirm_runs=1, patience=8, final_epochs=60)
+# A second size in about half an hour on two cores (docs/results.md runs 16 px with it).
+QUICK = Budget(num_samples=5, max_epochs=8, grace_period=2, reduction_factor=2, confirm=1,
+               confirm_runs=1, patience=4, samples_per_epoch=600, final_epochs=16)
+BUDGETS = {"full": FULL, "quick": QUICK}
 DEMO = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
               confirm_runs=1)
 
@@ -164,7 +168,9 @@ def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> dict[str, f
 def _budget(ctx: Context) -> tuple[Budget, dict[str, Any]]:
     if ctx.demo:
         return DEMO, CPU_PINS
-    return (GPU, GPU_PINS) if ctx.device.type == "cuda" else (FULL, CPU_PINS)
+    if ctx.device.type == "cuda":
+        return GPU, GPU_PINS
+    return BUDGETS[ctx.faces_budget], CPU_PINS
 
 
 def run(ctx: Context) -> PartResult:
@@ -282,7 +288,7 @@ def run(ctx: Context) -> PartResult:
                         for m in methods},
             "wrong_answers": {m: wide[m]["wrong_answers"][:5] for m in methods}}
     exp = load_experiment(plan.experiment_path)
-    final_epochs = sum(1 for _ in open(work / "final" / "metrics.jsonl"))
+    final_epochs = len((work / "final" / "metrics.jsonl").read_text().splitlines())
     spent = prov["epochs_total"] + prov["confirm_epochs"] + final_epochs
     confirmed = budget.confirm + 1  # the top K and the pixel-only anchor
     budget_epochs = budget.num_samples * budget.max_epochs + (

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a recogniser DSR never trains against: the faces part validates with "
                         "the first (the search's objective becomes the smaller of the two "
                         "margin gains) and evaluates the test persons under each; repeatable")
+    p.add_argument("--faces-budget", choices=("full", "quick"), default="full",
+                   help="the faces part's CPU budget: full (about 75 minutes on LFW on two "
+                        "cores) or quick (about 30); a GPU runs its own, the full set")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the faces part's search and trainings (default 0)")
     return p
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tune_dsr_bench_") as tmp:
         ctx = Context(device=device, demo=args.demo, threads=args.threads, workdir=Path(tmp),
                       repeats=args.repeats, data=args.data, edgeface=args.edgeface,
-                      seed=args.seed, vlr_size=args.vlr_size, held_out=args.held_out)
+                      seed=args.seed, vlr_size=args.vlr_size, held_out=args.held_out,
+                      faces_budget=args.faces_budget)
         try:
             for name in parts:
                 print(f"## {name}", flush=True)

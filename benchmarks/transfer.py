@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the analysis of saved rows instead of training")
     args = p.parse_args(argv)
     if args.reanalyse:
-        rows = [json.loads(line) for path in args.reanalyse for line in open(path)]
+        rows = [json.loads(line) for path in args.reanalyse
+                for line in path.read_text().splitlines()]
         print(analyse(rows))
         return 0
     from tune_dsr.errors import ConfigError
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [_parse_run(text) for text in args.run or DEFAULT_RUNS]
     train_runs(data, edgeface, held[0], args.vlr_size, args.epochs, runs, args.jsonl,
                args.samples_per_epoch)
-    print(analyse([json.loads(line) for line in open(args.jsonl)]))
+    print(analyse([json.loads(line) for line in args.jsonl.read_text().splitlines()]))
     return 0
 
 

@@ -63,7 +63,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--objectives", "val_psnr,val_ssim,val_loss,val_margin"],
      ["give one metric, or two or three metrics"]),
     (["--objectives", "val_heldout_margin_gain"], ["val_heldout_margin_gain needs a held-out "
-                                                   "recogniser", "val_edgeface"]),
+                                                   "recogniser", "--val-edgeface"]),
     (["--space", "balanced", "--confirm", "2"], ["--confirm=2", "a search of several returns a "
                                                  "front"]),
 ])

@@ -166,6 +166,7 @@ def test_a_vlr_size_the_data_lacks_and_splits_of_different_sizes(tmp_path, capsy
     assert not (out / "metrics.jsonl").exists()
     shutil.rmtree(root / "val_processed" / "vlr_images_8x8")
     shutil.rmtree(root / "train_processed" / "vlr_images_16x16")
-    code, _, err = run_main(["--data-root", str(root), *RANDOM_NETS, *hr32, "--out", str(out)], capsys)
+    code, _, err = run_main(["--data-root", str(root), *RANDOM_NETS, *hr32, "--out", str(out)],
+                            capsys)
     assert code == 2 and "training VLR images are 8px, validation ones 16px" in err
     assert not (out / "metrics.jsonl").exists()
