@@ -33,6 +33,7 @@ import importlib.util
 import logging
 import math
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,7 +344,11 @@ def _load_module(name_or_path: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         # Registered so the searcher (which holds `space`) can be pickled with the experiment.
         sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's file, named
+            sys.modules.pop(spec.name, None)
+            raise _preset_failure(path, "cannot be imported", exc) from exc
         return module
     if name_or_path not in BUILTIN:
         raise ConfigError(f"unknown search space {name_or_path!r}; valid presets: "
@@ -351,8 +356,39 @@ def _load_module(name_or_path: str) -> ModuleType:
     return importlib.import_module(f"search_spaces.{name_or_path}")
 
 
+def _preset_failure(path: Path, what: str, exc: BaseException) -> ConfigError:
+    """A user's preset file that failed: the file, the line Python names (for a syntax error,
+    or the deepest frame of a traceback inside the file), what went wrong and what to do."""
+    line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
+    if line is None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if Path(f.filename).resolve() == path.resolve()]
+        line = frames[-1].lineno if frames else None
+    where = f"{path}" + (f", line {line}" if line else "")
+    detail = exc.msg if isinstance(exc, SyntaxError) else str(exc) or "no message"
+    return ConfigError(f"--space {path}: the preset {what} ({type(exc).__name__} at {where}: "
+                       f"{detail}); fix the file (python {path} shows the same error), or use "
+                       f"a built-in preset: {', '.join(BUILTIN)}")
+
+
 def load_preset(name_or_path: str) -> Preset:
-    """A built-in preset by name, or a user's preset file; checked before any trial starts."""
+    """A built-in preset by name, or a user's preset file; checked before any trial starts.
+
+    A user's file that fails to import, or whose ``space()`` fails when it is run on the
+    guide's values and the anchors, is refused by name (ConfigError: the file and the line)."""
+    try:
+        return _load_preset(name_or_path)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's space() ran and failed
+        path = Path(name_or_path).expanduser()
+        if name_or_path in BUILTIN or not path.is_file():
+            raise
+        raise _preset_failure(path, "failed when its space(trial) or constants were run",
+                              exc) from exc
+
+
+def _load_preset(name_or_path: str) -> Preset:
     module = _load_module(name_or_path)
     where = f"search space {name_or_path!r}"
     objectives = tuple(getattr(module, "OBJECTIVES", ()))

@@ -293,3 +293,36 @@ def test_two_node_cluster_runs_trials_on_both_nodes(search_root, tmp_path):
     nodes = {r["node_id"] for t in trials for r in t.history}
     assert len(nodes) == 2  # trials ran on both nodes ...
     assert (storage / name / BEST_FILE).is_file()  # ... into one experiment folder
+
+
+BROKEN_PRESETS = {
+    "syntax": ('METRIC = "val_margin"\ndef space(trial)\n    return {}\n', 2, "SyntaxError"),
+    "import": ('import no_such_module_here\nMETRIC = "val_margin"\n', 1, "ModuleNotFoundError"),
+    "space": ('METRIC = "val_margin"\n\ndef space(trial):\n'
+              '    trial.suggest_float("lr", 1e-4, 1e-3, log=True)\n'
+              '    return {"lambda_l1": 1 / 0}\n', 5, "ZeroDivisionError"),
+    "constants": ('METRIC = "val_margin"\nANCHORS = {"x": {"lr": [1, 2][5]}}\n'
+                  'def space(trial):\n    return {}\n', 2, "IndexError"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_PRESETS))
+def test_a_broken_preset_file_is_refused_by_name_and_line(kind, tmp_path, capsys):
+    """The file itself, broken four ways: named with its line, exit 2, before Ray or the demo's
+    faces, nothing written."""
+    text, line, error = BROKEN_PRESETS[kind]
+    preset = tmp_path / f"my_{kind}.py"
+    preset.write_text(text)
+    storage = tmp_path / "results"
+    code, out = run_main(["--space", str(preset), "--demo", "--storage-path", str(storage)],
+                         capsys)
+    assert code == 2
+    assert f"{preset}, line {line}" in out and error in out and "fix the file" in out
+    assert "Traceback" not in out and not storage.exists()
+
+
+def test_a_set_that_contradicts_a_switch_is_refused_before_the_demo_writes(tmp_path, capsys):
+    storage = tmp_path / "results"
+    code, out = run_main(["--demo", "--set", "lambda_identity=0", "--set",
+                          "lambda_identity_on=true", "--storage-path", str(storage)], capsys)
+    assert code == 2 and "lambda_identity_on=True" in out and not storage.exists()

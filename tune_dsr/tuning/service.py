@@ -174,6 +174,9 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         check_writable_dir(storage, "storage_path")
     name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     pins = dict(options.pins)
+    # Every setting the plan fixes, checked before anything (the demo's faces) is written.
+    Config().replace(**{**preset.constants(), **(demo.SEARCH_PINS if options.demo else {}),
+                        **pins})
     base: dict[str, Any] = {}
     if options.demo:
         demo_root = Path(storage if not is_uri(storage) else ".").resolve() / f"{name}-demo-data"
