@@ -346,7 +346,7 @@ def _load_module(name_or_path: str) -> ModuleType:
         sys.modules[spec.name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any failure of the user's file, named
+        except Exception as exc:
             sys.modules.pop(spec.name, None)
             raise _preset_failure(path, "cannot be imported", exc) from exc
         return module
@@ -380,7 +380,7 @@ def load_preset(name_or_path: str) -> Preset:
         return _load_preset(name_or_path)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the user's space() ran and failed
+    except Exception as exc:
         path = Path(name_or_path).expanduser()
         if name_or_path in BUILTIN or not path.is_file():
             raise
