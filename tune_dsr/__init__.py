@@ -26,9 +26,14 @@ the system it describes; docs/background.md summarises both, their defaults and 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.3.0"
+# One owner: pyproject.toml's version, as the installed package's metadata has it.
+try:
+    __version__ = importlib.metadata.version("tune_dsr")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _HOMES = {
     "Config": "tune_dsr.config",

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tune_dsr.config import GUIDE_THRESHOLD
 from tune_dsr.errors import USER_ERRORS, ConfigError, check_writable_dir, check_writable_file
 
 __all__ = [
@@ -93,9 +94,9 @@ def add_probe_flags(parser: argparse.ArgumentParser, *, held_out_recognisers: bo
         parser.add_argument("--edgeface", required=True, metavar="PATH",
                             help="EdgeFace checkpoint (or random:<variant>) that identifies the "
                                  "faces")
-    parser.add_argument("--threshold", type=float, default=0.35,
+    parser.add_argument("--threshold", type=float, default=GUIDE_THRESHOLD,
                         help="cosine similarity below which the answer is 'unknown', in [-1, 1] "
-                             "(default: the guide's 0.35)")
+                             f"(default: the guide's {GUIDE_THRESHOLD:g})")
     add_device_flag(parser)
     parser.add_argument("--batch-size", type=int, default=32,
                         help="probes per batch (default 32)")

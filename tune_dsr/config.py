@@ -81,6 +81,11 @@ METRICS: dict[str, str] = {
 HELD_OUT_PREFIX = "val_heldout_"
 
 
+# The guide's acceptance threshold: a cosine similarity below it answers "unknown". The one
+# owner of 0.35 (training validation, evaluate, compare and the library's defaults).
+GUIDE_THRESHOLD = 0.35
+
+
 def direction(metric: str) -> str:
     """"max" or "min": which way `metric` is better; ConfigError naming the known metrics."""
     try:
@@ -227,7 +232,7 @@ class TrainConfig:
     # What "best" means for the saved model and early stopping (a key of METRICS).
     monitor: str = "val_margin"
     # Cosine similarity below which a validation face counts as "unknown" (the guide's 0.35).
-    recognition_threshold: float = 0.35
+    recognition_threshold: float = GUIDE_THRESHOLD
     seed: int = 42
     # Mixed precision where the hardware computes it natively: bf16 on CUDA (fp16 with loss
     # scaling on older GPUs) and on CPUs with AVX-512 BF16 or AMX; float32 elsewhere.

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tune_dsr.config import GUIDE_THRESHOLD
 from tune_dsr.data import to_float
 from tune_dsr.statistics import Interval, bootstrap_interval, paired_bootstrap, verdict
 
@@ -219,7 +220,8 @@ def margin(similarity: Tensor, labels: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-def identify(similarity: Tensor, labels: Tensor, threshold: float = 0.35) -> Identification:
+def identify(similarity: Tensor, labels: Tensor,
+             threshold: float = GUIDE_THRESHOLD) -> Identification:
     """Identify each probe as its most similar gallery row ([N, C] similarities, true rows
     `labels` [N]); "unknown" below `threshold` (the guide's 0.35). See `Identification`."""
     if similarity.ndim != 2 or similarity.shape[0] != labels.numel():

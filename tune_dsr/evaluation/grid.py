@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune_dsr.config import GUIDE_THRESHOLD
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image, ImageDraw, ImageFont
@@ -75,7 +77,7 @@ def _to_pil(image: Tensor) -> Image.Image:
 
 def comparison_grid(vlr: Tensor, hr: Tensor, columns: Mapping[str, Tensor], identity_net: nn.Module,
                     gallery: Tensor, subject_names: Sequence[str], labels: Tensor, *,
-                    threshold: float = 0.35, probe_names: Sequence[str] | None = None
+                    threshold: float = GUIDE_THRESHOLD, probe_names: Sequence[str] | None = None
                     ) -> Image.Image:
     """A PIL image: a row per probe; columns VLR (nearest-neighbour enlarged), `columns` (name →
     faces, e.g. {"bicubic": ..., "DSR": ...}) in order, and HR.
@@ -193,8 +195,9 @@ class ProbeGrid:
 
 
 def probe_grid(data: PairedFaces, dsrs: Sequence[LoadedDSR], identity_net: nn.Module, *,
-               count: int = 8, pick: str = "random", seed: int = 0, threshold: float = 0.35,
-               batch_size: int = 32, device: str | torch.device = "cpu") -> ProbeGrid:
+               count: int = 8, pick: str = "random", seed: int = 0,
+               threshold: float = GUIDE_THRESHOLD, batch_size: int = 32,
+               device: str | torch.device = "cpu") -> ProbeGrid:
     """`comparison_grid` for `count` probes of `data`, picked at random or where the first DSR's
     face is least (``worst``) or most (``best``) like HR; the gallery holds every subject's mean
     HR embedding."""

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tune_dsr.config import GUIDE_THRESHOLD
 from tune_dsr.errors import CheckpointError, ConfigError
 from tune_dsr.evaluation.probes import DistractorFaces, check_distractors
 
@@ -61,7 +62,7 @@ def check_threshold(threshold: float) -> float:
         raise ConfigError(
             f"--threshold {threshold} is outside [-1, 1]: it is compared with a cosine "
             "similarity, which lies in [-1, 1], so every face (or none) would pass. Use the "
-            "guide's 0.35, or the best threshold that --sweep reports.")
+            f"guide's {GUIDE_THRESHOLD:g}, or the best threshold that --sweep reports.")
     return float(threshold)
 
 
@@ -152,7 +153,8 @@ def _mean(values: Tensor | None) -> float | None:
 
 def evaluate_dsrs(data: PairedFaces, dsrs: Mapping[str, nn.Module],
              recognisers: Mapping[str, nn.Module], *,
-             distractors: Sequence[DistractorFaces] | None = None, threshold: float = 0.35,
+             distractors: Sequence[DistractorFaces] | None = None,
+             threshold: float = GUIDE_THRESHOLD,
              leave_one_out: bool = False, sweep: bool = False, batch_size: int = 32,
              device: str | torch.device = "cpu", resamples: int = 2000, seed: int = 0,
              per_probe: bool = False, method_info: Mapping[str, Mapping[str, Any]] | None = None,
