@@ -89,9 +89,9 @@ FULL = Budget(num_samples=10, max_epochs=14, grace_period=3, reduction_factor=2,
 # A GPU runs the full set every epoch, the guide's DSR size among the searched ones.
 GPU = Budget(num_samples=16, max_epochs=30, grace_period=5, reduction_factor=2, confirm=3,
              confirm_runs=1, patience=8, final_epochs=60)
-# A second size in about half an hour on two cores (docs/results.md runs 16 px with it).
-QUICK = Budget(num_samples=5, max_epochs=8, grace_period=2, reduction_factor=2, confirm=1,
-               confirm_runs=1, patience=4, samples_per_epoch=600, final_epochs=16)
+# A second size in about half an hour on two cores (docs/results.md ran 16 px with it).
+QUICK = Budget(num_samples=4, max_epochs=6, grace_period=2, reduction_factor=2, confirm=1,
+               confirm_runs=1, patience=3, samples_per_epoch=600, final_epochs=12)
 BUDGETS = {"full": FULL, "quick": QUICK}
 DEMO = Budget(num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2, confirm=1,
               confirm_runs=1)

@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the first (the search's objective becomes the smaller of the two "
                         "margin gains) and evaluates the test persons under each; repeatable")
     p.add_argument("--faces-budget", choices=("full", "quick"), default="full",
-                   help="the faces part's CPU budget: full (about 75 minutes on LFW on two "
-                        "cores) or quick (about 30); a GPU runs its own, the full set")
+                   help="the faces part's CPU budget: full (about 90 minutes on LFW on two "
+                        "cores) or quick (four trials, about 30); a GPU runs its own, the "
+                        "full set")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the faces part's search and trainings (default 0)")
     return p

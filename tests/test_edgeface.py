@@ -159,7 +159,7 @@ def test_dynamic_quantised_state_dict_is_dequantised(variant: str, tmp_path: Pat
                                                      caplog: pytest.LogCaptureFixture) -> None:
     quantised = quantize_dynamic(build_edgeface(variant), {nn.Linear}, dtype=torch.qint8)
     path = _save(quantised.state_dict(), tmp_path / "edgeface_q.pt")
-    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.edgeface"):
+    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.checkpoints"):
         net = load_edgeface(str(path))
     assert "dequantised" in caplog.text
     _check_loaded(net, variant, _dequantised_expectation(quantised))
@@ -184,7 +184,7 @@ def test_torchscript_quantised_archive(tmp_path: Path, caplog: pytest.LogCapture
     quantised = quantize_dynamic(build_edgeface("edgeface_xxs"), {nn.Linear}, dtype=torch.qint8)
     traced = torch.jit.trace(quantised.model, torch.randn(1, 3, 112, 112))
     torch.jit.save(traced, tmp_path / "edgeface_xxs_q.pt")
-    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.edgeface"):
+    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.checkpoints"):
         net = load_edgeface(str(tmp_path / "edgeface_xxs_q.pt"))
     assert "dequantised" in caplog.text
     _check_loaded(net, "edgeface_xxs", _dequantised_expectation(quantised))
@@ -276,7 +276,7 @@ def test_unrecognised_architecture_lists_keys(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- random specs
 
 def test_random_spec_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.edgeface"):
+    with caplog.at_level(logging.WARNING, logger="tune_dsr.models.checkpoints"):
         net = load_edgeface("random:edgeface_xxs")
     assert net.variant == "edgeface_xxs"
     assert "meaningless for recognition" in caplog.text

@@ -135,15 +135,21 @@ def test_help_answers_without_torch_or_ray(cli):
     assert "EXIT 0 HEAVY none" in err, err
 
 
-@pytest.mark.parametrize("cli, args", [
-    ("train", ["--epochs", "many", "--out", "x"]),
-    ("search", ["--gpus", "lots"]),
-    ("search", ["--list-spaces"]),
-    ("export", []),
-    ("evaluate", ["--test-dir", "x"]),
-    ("compare", ["--out", "x.png"]),
-    ("synth", ["--subjects", "x", "--out", "y"]),
+@pytest.mark.parametrize("cli, args, words", [
+    ("train", ["--epochs", "many", "--out", "x"], "--epochs: invalid int value: 'many'"),
+    ("search", ["--gpus", "lots"], "--gpus: invalid float value: 'lots'"),
+    ("export", [], "the following arguments are required: experiment"),
+    ("evaluate", ["--test-dir", "x"], "the following arguments are required: --dsr"),
+    ("compare", ["--out", "x.png"], "the following arguments are required: --dsr"),
+    ("synth", ["--subjects", "x", "--out", "y"], "--subjects: invalid int value: 'x'"),
 ])
-def test_argument_errors_answer_without_torch_or_ray(cli, args):
+def test_argument_errors_answer_without_torch_or_ray(cli, args, words):
+    """A usage error: exit 2, the message, and neither torch nor Ray imported."""
     err = _probe(cli, *args)
-    assert "HEAVY none" in err, err
+    assert "EXIT 2 HEAVY none" in err and words in err, err
+
+
+def test_list_spaces_answers_without_torch_or_ray():
+    """Not an error: the presets listed, exit 0, without torch or Ray."""
+    err = _probe("search", "--list-spaces")
+    assert "EXIT 0 HEAVY none" in err, err
