@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from tune_dsr.errors import ConfigError
+from tune_dsr.tuning.options import DEFAULT_CONFIRM_RUNS
 
 __all__ = [
     "BEST_FILE",
@@ -287,7 +288,7 @@ class SearchPlan:
     # The top `confirm` configurations are trained again `confirm_runs` times each, with new
     # seeds, at the full budget (under CONFIRM_DIR); export takes the best mean.
     confirm: int = 0
-    confirm_runs: int = 2
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS
     # label -> the searched values of each anchor, run before TPE proposes anything
     anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Two or three objectives searched together (their Pareto front); `metric` is the first.

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tune_dsr.demo import SEARCH_BUDGET
+
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_CONFIRM", "DEFAULT_CONFIRM_RUNS", "SearchOptions"]
 
 DEFAULT_BUDGET: dict[str, Any] = {"num_samples": 20, "reduction_factor": 3}
@@ -60,20 +62,26 @@ class SearchOptions:
     pins: Mapping[str, Any] = _option({}, "hold a setting fixed (JSON value), e.g. --set "
                                       "width=64; a searched knob set here is no longer "
                                       "searched. Repeatable", "settings", flag="--set")
-    num_samples: int | None = _option(None, "trials to run (default 20; with --demo 6)", int)
+    num_samples: int | None = _option(None, "trials to run (default "
+                                      f"{DEFAULT_BUDGET['num_samples']}; with --demo "
+                                      f"{SEARCH_BUDGET['num_samples']})", int)
     max_epochs: int | None = _option(None, "epochs of a full-length trial, ASHA's max_t "
                                      "(default: the preset's)", int)
     grace_period: int | None = _option(None, "epochs every trial gets before ASHA may stop it "
                                        "(default: the preset's)", int)
     reduction_factor: float | None = _option(None, "ASHA keeps 1/reduction_factor of the trials "
-                                             "at each rung (default 3; with --demo 2)", float)
+                                             "at each rung (default "
+                                             f"{DEFAULT_BUDGET['reduction_factor']}; with "
+                                             f"--demo {SEARCH_BUDGET['reduction_factor']})",
+                                             float)
     patience: int | None = _option(None, "end a trial whose objective has not beaten its own "
                                    "best for this many epochs (default: the preset's, else the "
                                    "grace period)", int)
     confirm: int | None = _option(None, "after the search, train the top K configurations (and "
                                   "the pixel-only anchor) again with new seeds at the full "
-                                  "budget; export takes the best mean (default 3, at most "
-                                  "--num-samples; 0 with --demo)", int)
+                                  "budget; export takes the best mean (default "
+                                  f"{DEFAULT_CONFIRM}, at most --num-samples; 0 with --demo)",
+                                  int)
     confirm_runs: int = _option(DEFAULT_CONFIRM_RUNS, "new runs of each confirmed "
                                 f"configuration (default {DEFAULT_CONFIRM_RUNS})", int)
     max_concurrent: int = _option(0, "trials running at once (default 0: as many as resources "
