@@ -175,7 +175,7 @@ def run_poisoned_search(storage: Path, markers: Path, options: Any,
     import optuna
     import ray.cloudpickle
 
-    from tune_dsr.tuning.analysis import load_trials
+    from tune_dsr.tuning.records import load_trials
     from tune_dsr.tuning.service import plan_search, run_search
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -18,16 +18,10 @@ import pytest
 from tests.helpers import SEARCH_PINS
 from tune_dsr.errors import ConfigError
 from tune_dsr.statistics import t_interval
-from tune_dsr.tuning.analysis import (
-    asha_milestones,
-    epochs_saved,
-    load_experiment,
-    load_trials,
-    trials_frame,
-    unfinished_trials,
-)
+from tune_dsr.tuning.analysis import asha_milestones, load_experiment
 from tune_dsr.tuning.experiment import BEST_FILE, STUDY_FILE, SearchPlan
 from tune_dsr.tuning.export import best_config_document
+from tune_dsr.tuning.records import epochs_saved, load_trials, trials_frame, unfinished_trials
 
 PNG = b"\x89PNG\r\n\x1a\n"  # the signature is all the tests look at
 
@@ -364,7 +358,7 @@ def test_verdict_says_whether_the_winner_beats_bicubic_and_the_pixel_only_anchor
 def test_a_pixel_only_anchor_within_the_winners_interval_is_a_tie() -> None:
     """The real-faces run of seed 1: the winner's confirmed mean 0.1439 [0.1117, 0.1762] against
     the anchor's confirmed 0.1430 is no win; outside the interval it is."""
-    from tune_dsr.tuning.analysis import Verdict, Winner
+    from tune_dsr.tuning.verdict import Verdict, Winner
 
     winner = Winner("w", "", 0.1439, 2, 0.1117, 0.1762)
     tie = Verdict.of("val_margin", "max", winner, "val_margin_gain", 0.06, 0.02, 0.25, 0.1,

@@ -19,9 +19,10 @@ import pytest
 
 from tune_dsr import export as export_cli
 from tune_dsr.errors import ConfigError
-from tune_dsr.tuning.analysis import load_experiment, unfinished_trials
+from tune_dsr.tuning.analysis import load_experiment
 from tune_dsr.tuning.experiment import PLAN_FILE, SearchPlan, write_json
 from tune_dsr.tuning.export import best_config_document
+from tune_dsr.tuning.records import unfinished_trials
 
 DAMAGE = "a crash while writing it, or a hand edit"
 # Each trial's val_margin per epoch: a is the best (0.30), b has three epochs (a middle line to

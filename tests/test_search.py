@@ -26,8 +26,9 @@ from tests.helpers import (
 )
 from tune_dsr import train as train_cli
 from tune_dsr.config import Config
-from tune_dsr.tuning.analysis import load_experiment, load_trials
+from tune_dsr.tuning.analysis import load_experiment
 from tune_dsr.tuning.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
+from tune_dsr.tuning.records import load_trials
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ import pytest
 from tests.helpers import SEARCH_PINS, as_flags
 from tune_dsr import demo
 from tune_dsr import search as search_cli
-from tune_dsr.tuning.analysis import load_experiment, load_trials
+from tune_dsr.tuning.analysis import load_experiment
 from tune_dsr.tuning.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
+from tune_dsr.tuning.records import load_trials
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--edgeface", demo.RANDOM_NETWORKS["edgeface"],

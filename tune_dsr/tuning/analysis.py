@@ -25,25 +25,22 @@ are Tune's statuses and the study: the rest of the experiment still ranks and ex
 ``search_plan.json`` is refused (ConfigError naming the file, what is wrong and the fix): without
 it the objective is unknown.
 
-The functions below `Experiment` (`load_trials`, `trials_frame`, `epochs_saved`,
-`unfinished_trials`) are the lower-level readers that export and the search use.
+The readers it builds on (`load_trials`, `trials_frame`, `epochs_saved`, `unfinished_trials`)
+live in `tune_dsr.tuning.records`, the winner and the verdict in `tune_dsr.tuning.verdict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from tune_dsr.config import direction
@@ -53,189 +50,33 @@ from tune_dsr.tuning.experiment import (
     CONFIRM_DIR,
     DAMAGE,
     STUDY_FILE,
-    DamagedFileError,
     SearchPlan,
-    decode_text,
     filesystem,
     is_uri,
     join,
-    parse_json,
 )
+from tune_dsr.tuning.records import (
+    UNFINISHED,
+    TrialRecord,
+    best_row,
+    finite_mean,
+    full_length,
+    history_frame,
+    read_experiment,
+    trials_frame,
+)
+from tune_dsr.tuning.verdict import GAIN_OF, Verdict, Winner
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
     "Experiment",
-    "TrialRecord",
-    "Verdict",
-    "Winner",
     "asha_milestones",
-    "epochs_saved",
     "load_experiment",
-    "load_trials",
-    "trials_frame",
-    "unfinished_trials",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Tune statuses of a trial that has not ended: the search is running, or was interrupted.
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
-# The columns of `trials_frame` before its metric/... and config/... columns.
-BASE_COLUMNS = ["trial_id", "anchor", "value", "best_epoch", "epochs_run", "stopped_early",
-                "stopped_by", "error", "status", "path", "checkpoint"]
-# The recognition gain over bicubic that the verdict reports for an objective (default: margin).
-GAIN_OF = {"val_margin": "val_margin_gain", "val_rank1_full": "val_rank1_full_gain",
-           "val_soft_rank1": "val_soft_rank1_gain", "val_margin_gain": "val_margin_gain",
-           "val_rank1_full_gain": "val_rank1_full_gain",
-           "val_soft_rank1_gain": "val_soft_rank1_gain",
-           "val_heldout_margin": "val_heldout_margin_gain",
-           "val_heldout_margin_gain": "val_heldout_margin_gain",
-           "val_heldout_rank1_full": "val_heldout_rank1_full_gain",
-           "val_heldout_rank1_full_gain": "val_heldout_rank1_full_gain",
-           "val_heldout_soft_rank1": "val_heldout_soft_rank1_gain",
-           "val_heldout_soft_rank1_gain": "val_heldout_soft_rank1_gain",
-           # the verdict's interval is the trained-against gain's; the held-out one is beside it
-           "val_margin_gain_min": "val_margin_gain"}
-@dataclass
-class TrialRecord:
-    """One trial folder as read: its config, one result per epoch, and how it ended."""
-
-    trial_id: str
-    path: str  # local absolute path or URI of the trial folder
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    error: bool
-    status: str | None = None  # Tune's status (TERMINATED, ERROR, RUNNING...); None if unknown
-    files: frozenset[str] = field(default_factory=frozenset)  # names in the trial folder
-
-    @property
-    def epochs_run(self) -> int:
-        return int(max((r.get("epoch", 0) for r in self.history), default=0))
-
-    @property
-    def anchor(self) -> str:
-        """The anchor this trial ran (``guide``, ``pixel-only``...), or "" for a TPE trial."""
-        return str(self.config.get("anchor") or "")
-
-    @property
-    def unfinished(self) -> bool:
-        """Still running, pending or paused: its epochs so far are not its last."""
-        return self.status in UNFINISHED
-
-    def latest_checkpoint(self) -> str | None:
-        checkpoints = [r["checkpoint_dir_name"] for r in self.history
-                       if r.get("checkpoint_dir_name")]
-        return join(self.path, checkpoints[-1]) if checkpoints else None
-
-
-@dataclass(frozen=True)
-class Winner:
-    """The configuration a search hands back: its search trial, anchor label, the value it is
-    ranked by (the confirmed mean, or the search trial's best) and its confirmation runs."""
-
-    trial_id: str
-    anchor: str
-    value: float
-    runs: int  # confirmation runs (0: not confirmed)
-    low: float  # 95 % t interval of the confirmed mean (NaN for fewer than two runs)
-    high: float
-    run_records: list[TrialRecord] = field(default_factory=list, repr=False)
-
-    @property
-    def confirmed(self) -> bool:
-        return self.runs > 0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether the search found a DSR that clearly helps recognition on validation.
-
-    ``gain`` is the winner's recognition gain over bicubic (``gain_metric``, e.g. the margin's)
-    at its best epoch, averaged over its confirmation runs where it has them, with the 95 %
-    half-width of the per-probe paired difference; ``rank1_gain`` likewise. It *clearly beats
-    bicubic* when the gain's interval excludes 0 and its best epoch came after the learning-rate
-    warm-up (before it, the network has barely moved from bicubic upscaling). ``pixel_only`` is
-    the pixel-only anchor's value of the objective (its confirmed mean where confirmed); the
-    winner *beats* it only when that value lies outside the winner's confirmed interval.
-    """
-
-    metric: str
-    winner: Winner
-    gain_metric: str
-    gain: float
-    gain_half_width: float
-    rank1_gain: float
-    rank1_half_width: float
-    best_epochs: list[int]
-    warmup_epochs: int
-    pixel_only: float | None
-    beats_bicubic: bool
-    beats_pixel_only: bool | None
-    text: str
-
-    @classmethod
-    def of(cls, metric: str, mode: str, winner: Winner, gain_metric: str, gain: float,
-           half: float, rank1: float, rank1_half: float, best_epochs: list[int], warmup: int,
-           pixel_only: float | None) -> Verdict:
-        in_warmup = bool(best_epochs) and max(best_epochs) <= warmup
-        known = math.isfinite(gain) and math.isfinite(half)
-        clear = known and gain - half > 0 and not in_warmup
-        sign = 1.0 if mode == "max" else -1.0
-        # Ahead of the pixel-only anchor only where its value lies outside the winner's confirmed
-        # interval: two configurations within one seed's noise are a tie, not a ranking.
-        within = (pixel_only is not None and math.isfinite(winner.low)
-                  and winner.low <= pixel_only <= winner.high)
-        beats_pixel = (None if pixel_only is None or winner.anchor == "pixel-only"
-                       else sign * (winner.value - pixel_only) > 0 and not within)
-        which = (f"trial {winner.trial_id}" + (f" ({winner.anchor} anchor)" if winner.anchor
-                                                else ""))
-        how = (f"mean of {winner.runs} confirmation run(s)" if winner.confirmed
-               else "its search run")
-        epochs = ", ".join(str(e) for e in best_epochs) or "?"
-        lines = [f"Winner: {which}, {metric} {winner.value:.4f} ({how}"
-                 + (f", 95 % interval [{winner.low:.4f}, {winner.high:.4f}]"
-                    if math.isfinite(winner.low) else "") + f"; best epoch {epochs})."]
-        def interval(value: float, half_width: float, low: float, high: float, form: str) -> str:
-            if not math.isfinite(half_width):
-                return "(interval unknown)"
-            # A rank-1 gain lies in [-1, 1] whatever the normal approximation says.
-            return (f"[{max(low, value - half_width):{form}}, "
-                    f"{min(high, value + half_width):{form}}]")
-
-        lines.append(f"Gain over bicubic on validation: {gain_metric} {gain:+.4f} "
-                     f"{interval(gain, half, -math.inf, math.inf, '+.4f')}, rank-1 "
-                     f"{rank1:+.1%} {interval(rank1, rank1_half, -1.0, 1.0, '+.1%')} (95 %, "
-                     "paired over the validation persons).")
-        if winner.anchor == "pixel-only":
-            lines.append("The winner is the pixel-only anchor: the identity terms did not help "
-                         "on this data.")
-        elif pixel_only is not None and within:
-            lines.append(f"Against the pixel-only anchor ({metric} {pixel_only:.4f}): no clear "
-                         f"difference ({sign * (winner.value - pixel_only):+.4f}; it lies within "
-                         "the winner's 95 % interval).")
-        elif pixel_only is not None:
-            lines.append(f"Against the pixel-only anchor ({metric} {pixel_only:.4f}): "
-                         + ("better" if beats_pixel else "not better")
-                         + f" by {sign * (winner.value - pixel_only):+.4f}.")
-        if clear:
-            lines.append("It clearly beats bicubic upscaling on validation.")
-        else:
-            why = []
-            if in_warmup:
-                why.append(f"its best epoch ({epochs}) lies within its learning-rate warm-up "
-                           f"({warmup} epochs), when the network has barely moved from bicubic")
-            if not known:
-                why.append("the interval of its gain over bicubic is unknown (an experiment "
-                           "from before tune_dsr reported it, or a single validation face)")
-            elif gain - half <= 0:
-                why.append("its gain over bicubic " + (
-                    "is negative" if gain + half < 0 else "has an interval that includes 0"))
-            lines.append("No configuration clearly beat doing nothing (bicubic upscaling): "
-                         + " and ".join(why) + ".")
-        return cls(metric, winner, gain_metric, gain, half, rank1, rank1_half, best_epochs,
-                   warmup, pixel_only, clear, beats_pixel, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -260,11 +101,11 @@ class Experiment:
         self.statuses = statuses  # every trial Tune knows of, folders or not yet
         self.damaged = list(damaged or [])  # the damaged files left out, a message each
         self.metric, self.mode = metric, mode
-        self.max_epochs = plan.max_epochs if plan else _full_length(records)
+        self.max_epochs = plan.max_epochs if plan else full_length(records)
         self.patience = plan.patience if plan else 0
         self._ranked: dict[str, pd.DataFrame] = {}
         self.trials = self._ranking(metric)  # checks the metric was reported
-        self.history = _history(records)
+        self.history = history_frame(records)
         # The confirmation runs (``--confirm``): each repeats a search trial (``confirms``).
         self.confirm_records = list(confirm_records or [])
         self.confirm_trials = trials_frame(self.confirm_records, metric, mode, self.max_epochs,
@@ -500,9 +341,9 @@ class Experiment:
         winner = self.winner()
         gain_metric = GAIN_OF.get(self.metric, "val_margin_gain")
         # The winner's runs at their best epochs: the confirmation runs, else its search trial.
-        rows = ([_best_row(r.history, self.metric, self.mode) for r in winner.run_records]
+        rows = ([best_row(r.history, self.metric, self.mode) for r in winner.run_records]
                 if winner.run_records else
-                [_best_row(self.trial(winner.trial_id).history, self.metric, self.mode)])
+                [best_row(self.trial(winner.trial_id).history, self.metric, self.mode)])
         rows = [r for r in rows if r]
         gains = [float(r.get(gain_metric, math.nan)) for r in rows]
         halves = [float(r.get(f"{gain_metric}_ci", math.nan)) for r in rows]
@@ -518,9 +359,9 @@ class Experiment:
         confirmed = self.confirmations()
         if pixel_value is not None and str(pixel["trial_id"].iloc[0]) in confirmed.index:
             pixel_value = float(confirmed.loc[str(pixel["trial_id"].iloc[0]), "mean"])
-        return Verdict.of(self.metric, self.mode, winner, gain_metric, _mean(gains),
-                          _mean(halves), _mean(rank1), _mean(rank1_halves), best_epochs, warmup,
-                          pixel_value)
+        return Verdict.of(self.metric, self.mode, winner, gain_metric, finite_mean(gains),
+                          finite_mean(halves), finite_mean(rank1), finite_mean(rank1_halves),
+                          best_epochs, warmup, pixel_value)
 
     def rungs(self) -> pd.DataFrame:
         """The trials that reached each of ASHA's rungs, from the plan's grace period, reduction
@@ -669,7 +510,7 @@ def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> 
     if metric is not None:
         direction(metric)  # an unknown metric is named before anything is read
     plan = SearchPlan.find(where)
-    folder = _read_experiment(where, allow_empty=plan is not None)
+    folder = read_experiment(where, allow_empty=plan is not None)
     if metric is None:
         if plan is None:
             raise ConfigError(f"{where} has no search plan (search_plan.json) to take the "
@@ -683,7 +524,7 @@ def load_experiment(path: str | os.PathLike[str], metric: str | None = None) -> 
     import pyarrow.fs
 
     if fs.get_file_info(inner).type == pyarrow.fs.FileType.Directory:
-        runs = _read_experiment(confirm, allow_empty=True)
+        runs = read_experiment(confirm, allow_empty=True)
         confirm_records, damaged = runs.records, [*damaged, *runs.damaged]
     return Experiment(where, plan, folder.records, folder.statuses, metric, mode,
                       confirm_records, damaged)
@@ -737,262 +578,3 @@ def _param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
     except ImportError:  # fANOVA's random forest is scikit-learn's
         evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
     return optuna.importance.get_param_importances(study, evaluator=evaluator), name
-
-
-# ----------------------------------------------------------------------------- the readers
-
-def load_trials(experiment: str) -> list[TrialRecord]:
-    """Every trial of an experiment with its config and per-epoch results (a damaged trial
-    folder is left out with a warning, see `_read_experiment`)."""
-    where = experiment if is_uri(experiment) else str(Path(experiment).expanduser().resolve())
-    return _read_experiment(where, allow_empty=False).records
-
-
-@dataclass
-class _Folder:
-    """An experiment folder as read: its trials, Tune's statuses, and what was left out."""
-
-    records: list[TrialRecord]
-    statuses: dict[str, str]
-    damaged: list[str]  # one message per damaged file, naming it and what is wrong
-
-
-def _read_experiment(experiment: str, allow_empty: bool) -> _Folder:
-    """The trials of the folder `experiment` (an absolute path or a URI), sorted by folder, and
-    Tune's status of every trial it knows of.
-
-    A trial folder with a damaged file (params.json that is not a JSON object, a result.json
-    line that is not one, other than a last line still being written, an unreadable
-    progress.csv) is left out with a warning that names the file: the other trials still rank
-    and export. A damaged Tune state leaves the statuses unknown, likewise.
-    """
-    import pyarrow.fs
-
-    fs, root = filesystem(experiment)
-    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
-        raise ConfigError(f"experiment folder {experiment} does not exist or is not a folder; "
-                          "give the folder a search wrote (<storage-path>/<name>)")
-    entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
-    damaged: list[str] = []
-    statuses = _trial_statuses(fs, entries, experiment, damaged)
-    trials = []
-    for entry in entries:
-        if entry.type != pyarrow.fs.FileType.Directory:
-            continue
-        names = {e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(entry.path))}
-        if "params.json" not in names:
-            continue
-        where = join(experiment, entry.base_name)
-        try:
-            config = parse_json(_read_bytes(fs, f"{entry.path}/params.json"),
-                                f"{where}/params.json", expect=dict)
-            history = _read_history(fs, entry.path, names, where)
-        except DamagedFileError as exc:
-            logger.warning("%s. Trial folder %s left out; the other trials are read.", exc,
-                           entry.base_name)
-            damaged.append(str(exc))
-            continue
-        trial_id = str(next((r["trial_id"] for r in history if r.get("trial_id")),
-                            entry.base_name.split("_")[-1]))
-        # error.txt stays behind when a retry recovered: the experiment state has the verdict.
-        status = statuses.get(trial_id)
-        error = status == "ERROR" if status else "error.txt" in names
-        trials.append(TrialRecord(trial_id, where, config, history, error, status,
-                                  frozenset(names)))
-    if not trials and not allow_empty:
-        raise ConfigError(f"{experiment} holds no trials (no trial folder with a readable "
-                          "params.json); is it an experiment folder written by tune_dsr.search?")
-    return _Folder(sorted(trials, key=lambda t: t.path), statuses, damaged)
-
-
-def _read_bytes(fs: Any, inner: str) -> bytes:
-    with fs.open_input_stream(inner) as f:
-        return bytes(f.read())
-
-
-def _complete_lines(text: str) -> str:
-    """`text` up to its last newline: a running trial's last line may be half written."""
-    return text[: text.rfind("\n") + 1]
-
-
-def _read_history(fs: Any, folder: str, names: set[str], where: str) -> list[dict[str, Any]]:
-    """Per-epoch results of one trial, one row per epoch (the last report of an epoch wins).
-
-    Ray rewrites result.json when a failed trial restarts, while progress.csv keeps the epochs
-    from before the failure; whichever holds more epochs is used. Text after the last newline
-    is a line Ray is still writing and is left for the next read; any other line that is not a
-    JSON object, or a progress.csv pandas cannot read, raises DamagedFileError naming the file.
-    """
-    logs: list[list[dict[str, Any]]] = [[]]
-    if "result.json" in names:
-        source = f"{where}/result.json"
-        text = _complete_lines(decode_text(_read_bytes(fs, f"{folder}/result.json"), source))
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            row = parse_json(line, source, expect=dict, line=number)
-            epoch = row.get("epoch", 0)
-            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-                raise DamagedFileError(f"{source} line {number} has epoch {epoch!r}, not a "
-                                       f"number: {DAMAGE}", source)
-            rows.append(row)
-        logs.append(rows)
-    if "progress.csv" in names:
-        source = f"{where}/progress.csv"
-        text = _complete_lines(decode_text(_read_bytes(fs, f"{folder}/progress.csv"), source))
-        if text.strip():
-            try:
-                frame = pd.read_csv(io.StringIO(text))
-            except pd.errors.ParserError as exc:
-                reason = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
-                raise DamagedFileError(f"{source} is not a readable CSV table ({reason}): "
-                                       f"{DAMAGE}", source) from None
-            logs.append([{k: _python(v) for k, v in row.items()}
-                         for row in frame.to_dict("records")])
-    by_epoch = {r.get("epoch", i): r for i, r in enumerate(max(logs, key=_epoch_count))}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _epoch_count(log: Iterable[dict[str, Any]]) -> int:
-    return len({r.get("epoch") for r in log})
-
-
-def _python(value: Any) -> Any:
-    """numpy scalars from pandas as plain Python values (NaN cells as None)."""
-    if hasattr(value, "item"):
-        value = value.item()
-    return None if isinstance(value, float) and value != value else value
-
-
-def _trial_statuses(fs: Any, entries: list[Any], experiment: str,
-                    damaged: list[str] | None = None) -> dict[str, str]:
-    """Trial id -> Tune status, from the newest experiment_state-*.json (if any).
-
-    A damaged state file (caught mid-write, or edited) leaves every status unknown, with a
-    warning naming it: the trial folders still tell failed trials apart (error.txt).
-    """
-    states = sorted(e.base_name for e in entries if e.base_name.startswith("experiment_state-")
-                    and e.base_name.endswith(".json"))
-    if not states:
-        return {}
-    source = join(experiment, states[-1])
-    inner = next(e.path for e in entries if e.base_name == states[-1])
-    try:
-        data = parse_json(_read_bytes(fs, inner), source, expect=dict)
-        trial_data = data.get("trial_data", [])
-        if not isinstance(trial_data, list):
-            raise DamagedFileError(f"{source} holds trial_data that is not a list: {DAMAGE}",
-                                   source)
-        statuses = {}
-        for number, entry in enumerate(trial_data):
-            meta = (parse_json(entry[0], f"{source} trial_data[{number}]", expect=dict)
-                    if isinstance(entry, list) and entry and isinstance(entry[0], str) else None)
-            if meta is None or not isinstance(meta.get("trial_id"), str):
-                raise DamagedFileError(f"{source} trial_data[{number}] is not a Tune trial "
-                                       f"(no trial_id): {DAMAGE}", source)
-            statuses[meta["trial_id"]] = str(meta.get("status", ""))
-    except DamagedFileError as exc:
-        logger.warning("%s. Trial statuses unknown: failed trials are told by their error.txt, "
-                       "and none counts as unfinished.", exc)
-        if damaged is not None:
-            damaged.append(str(exc))
-        return {}
-    return statuses
-
-
-def unfinished_trials(experiment: str) -> list[str]:
-    """Trials an interrupted search left running, pending or paused (for --resume)."""
-    import pyarrow.fs
-
-    fs, root = filesystem(experiment)
-    statuses = _trial_statuses(fs, fs.get_file_info(pyarrow.fs.FileSelector(root)), experiment)
-    return [t for t, s in statuses.items() if s in UNFINISHED]
-
-
-def _history(trials: list[TrialRecord]) -> pd.DataFrame:
-    rows = [{"trial_id": t.trial_id, **r} for t in trials for r in t.history]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["trial_id", "epoch"])
-
-
-def _trials(experiment: str | list[TrialRecord]) -> list[TrialRecord]:
-    """An experiment's trials: read from its folder, or the records already read."""
-    return load_trials(experiment) if isinstance(experiment, str) else experiment
-
-
-def _full_length(trials: list[TrialRecord]) -> int:
-    """The epochs a trial runs unless stopped: the longest configured."""
-    return max((int(t.config.get("epochs", 0)) for t in trials), default=0)
-
-
-def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
-                 max_epochs: int | None = None, patience: int = 0) -> pd.DataFrame:
-    """One row per trial: its anchor label ("" for TPE's), best `metric` (over its epochs), the
-    epoch it came at, epochs run, whether it was stopped early and by what (``"patience"``: its
-    objective had not beaten its own best for `patience` epochs; ``"asha"``), Tune's status, its
-    metrics at that epoch (``metric/...``) and config (``config/...``); a confirmation run also
-    says which trial it repeats (``confirms``).
-
-    Sorted best first; trials with no reported epoch come last. A trial still running (or left
-    unfinished by an interrupt) is not "stopped early": its later epochs may yet come.
-    """
-    if mode not in ("min", "max"):
-        raise ConfigError(f"mode={mode!r} must be 'min' or 'max'")
-    trials = _trials(experiment)
-    full = max_epochs or _full_length(trials)
-    rows = []
-    for t in trials:
-        values = [r for r in t.history if isinstance(r.get(metric), (int, float))]
-        if t.history and not values:
-            raise ConfigError(f"metric {metric!r} was not reported by trial {t.trial_id}; "
-                              f"reported: {', '.join(sorted(k for k in t.history[-1]))}")
-        best = (min if mode == "min" else max)(values, key=lambda r: r[metric]) if values else {}
-        stopped = 0 < t.epochs_run < full and not t.error and not t.unfinished
-        row: dict[str, Any] = {
-            "trial_id": t.trial_id, "anchor": t.anchor, "value": best.get(metric),
-            "best_epoch": best.get("epoch"), "epochs_run": t.epochs_run, "stopped_early": stopped,
-            "stopped_by": _stopped_by(t, patience) if stopped else "", "error": t.error,
-            "status": t.status, "path": t.path, "checkpoint": t.latest_checkpoint()}
-        if "confirms" in t.config:
-            row["confirms"] = t.config["confirms"]
-        row.update({f"metric/{k}": v for k, v in best.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        row.update({f"config/{k}": v for k, v in t.config.items()})
-        rows.append(row)
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=BASE_COLUMNS)
-    frame["value"] = frame["value"].astype(float)  # None (no epoch yet) as NaN
-    return frame.sort_values("value", ascending=(mode == "min"), na_position="last",
-                             ignore_index=True)
-
-
-def _stopped_by(trial: TrialRecord, patience: int) -> str:
-    """Why a trial that ended early ended: its own patience ran out, or ASHA stopped it."""
-    last = trial.history[-1] if trial.history else {}
-    since = last.get("epochs_since_best")
-    return "patience" if patience and since is not None and since >= patience else "asha"
-
-
-def _best_row(history: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
-    values = [r for r in history if isinstance(r.get(metric), (int, float))]
-    return (min if mode == "min" else max)(values, key=lambda r: r[metric]) if values else {}
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def epochs_saved(experiment: str | list[TrialRecord], patience: int = 0) -> dict[str, int]:
-    """Epochs the search ran against epochs if every trial had run to the end, and how many of
-    the epochs saved each stopping rule saved (``saved_by_patience``, ``saved_by_asha``)."""
-    trials = _trials(experiment)
-    run = sum(t.epochs_run for t in trials)
-    full = sum(int(t.config.get("epochs", t.epochs_run)) for t in trials)
-    by = {"patience": 0, "asha": 0}
-    for t in trials:
-        left = int(t.config.get("epochs", t.epochs_run)) - t.epochs_run
-        if left > 0 and t.epochs_run and not t.error and not t.unfinished:
-            by[_stopped_by(t, patience)] += left
-    return {"trials": len(trials), "epochs_run": run, "epochs_full": full,
-            "epochs_saved": full - run, "saved_by_patience": by["patience"],
-            "saved_by_asha": by["asha"]}

@@ -99,7 +99,7 @@ def _document(exp: Any, row: Any, metric: str, mode: str, rank: int | None) -> d
     """The config and provenance of the trial in `row` (a row of a trials frame), monitoring
     `metric`."""
     from tune_dsr.config import Config
-    from tune_dsr.tuning.analysis import epochs_saved
+    from tune_dsr.tuning.records import epochs_saved
 
     trial_id = str(row["trial_id"])
     # The trial's own params.json, not the frame: pandas turns bools and ints into numpy types.

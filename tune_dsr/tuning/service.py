@@ -486,8 +486,8 @@ def run_search(plan: SearchPlan, resume: bool = False,
     """
     from search_spaces import load_preset
     from tune_dsr.training.losses import load_held_out, load_loss_networks
-    from tune_dsr.tuning.analysis import unfinished_trials
     from tune_dsr.tuning.export import best_config_document
+    from tune_dsr.tuning.records import unfinished_trials
 
     direction(plan.metric)  # a plan edited by hand must still name a known metric
     if not resume and exists(join(plan.experiment_path, PLAN_FILE)):
