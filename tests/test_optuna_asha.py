@@ -85,6 +85,35 @@ def test_restore_marks_trials_lost_with_the_driver_as_failed(tmp_path):
     assert states == {0: TrialState.RUNNING, 1: TrialState.FAIL}
 
 
+def test_a_trial_the_study_finished_after_the_last_save_takes_no_more_reports(tmp_path):
+    """The study is written at once, the searcher's pickle every few seconds: a trial can end
+    in between. Tune re-runs it from its checkpoint after a resume; its repeated epochs must
+    neither raise (Optuna's UpdateFinishedTrialError, which ended such a trial in ERROR) nor
+    change the finished trial."""
+    searcher = _searcher(tmp_path)
+    searcher.suggest("f")
+    searcher.on_trial_result("f", {"val_margin": 0.1, "epoch": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.on_trial_result("f", {"val_margin": 0.2, "epoch": 2})
+    searcher.on_trial_complete("f", {"val_margin": 0.2, "epoch": 2})  # PRUNED in the study
+    restored = _searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("f", {"val_margin": 0.2, "epoch": 2})  # Tune's re-run reports
+    restored.on_trial_result("f", {"val_margin": 0.25, "epoch": 3})
+    restored.on_trial_complete("f", {"val_margin": 0.25, "epoch": 3})
+    frozen = _state(restored, "f")
+    assert frozen.state == TrialState.PRUNED and frozen.intermediate_values == {1: 0.1, 2: 0.2}
+    assert [t.state for t in restored._ot_study.trials] == [TrialState.PRUNED]
+
+    # Without the restore's check, a stale searcher still does not raise on a report.
+    stale = _searcher(tmp_path)
+    stale.__dict__.update({k: v for k, v in restored.__dict__.items()
+                           if k not in ("_completed_trials",)})
+    stale._completed_trials = set()
+    stale.on_trial_result("f", {"val_margin": 0.3, "epoch": 4})
+    assert "f" in stale._completed_trials
+
+
 def _trial() -> Trial:
     return Trial("unit_trainable", stub=True)
 

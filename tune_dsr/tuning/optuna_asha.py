@@ -96,7 +96,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if step <= self._last_step.get(trial_id, 0):
             return
         self._last_step[trial_id] = step
-        self._ot_trials[trial_id].report(float(value), step)
+        try:
+            self._ot_trials[trial_id].report(float(value), step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Finished in the study already (see `restore`): its repeated epochs change nothing.
+            self._completed_trials.add(trial_id)
+            logger.info("trial %s is finished in the Optuna study; its repeated epoch %d is "
+                        "not reported again", trial_id, step)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -125,10 +131,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        study = self._study()
+        frozen_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        known = set()
+        for trial_id, ot_trial in self._ot_trials.items():
+            known.add(ot_trial.number)
+            frozen = frozen_by_number.get(ot_trial.number)
+            # The study (SQLite, written at once) can be ahead of this pickle (written every few
+            # seconds): a trial that ended between the two is finished there. Tune re-runs it
+            # from its checkpoint; Optuna must not be told its epochs again.
+            if (trial_id not in self._completed_trials and frozen is not None
+                    and frozen.state.is_finished()):
+                self._completed_trials.add(trial_id)
+                logger.info("Optuna trial %d finished before the driver died; its epochs are "
+                            "not reported again", ot_trial.number)
         # Trials asked after the experiment's last checkpoint are lost to Tune (a killed driver)
         # but stand RUNNING in the stored study: close them, so the study holds no ghosts.
-        study = self._study()
-        known = {trial.number for trial in self._ot_trials.values()}
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 study.tell(frozen.number, state=TrialState.FAIL)
