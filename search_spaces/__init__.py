@@ -151,10 +151,6 @@ class Preset:
             points[label] = params
         return points
 
-    def first_config(self) -> dict[str, Any]:
-        """The guide's value of every searched parameter: the first anchor."""
-        return next(iter(self.anchor_points().values()))
-
     def describe(self) -> str:
         lines = [f"{self.name}: {self.description or self.metric}",
                  (f"  objectives: {', '.join(f'{METRICS[m]} {m}' for m in self.objectives)} "

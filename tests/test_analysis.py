@@ -142,17 +142,21 @@ def test_top_ranks_by_any_metric_at_its_own_best_epoch(hand: Path) -> None:
     assert len(exp.top(100)) == 6
 
 
+def _front0(exp, x: str, y: str) -> list[str]:
+    """The trials no other trial beats on both metrics, best first by `x`."""
+    points = exp.front([x, y])
+    return points.loc[points["front"] == 0, "trial_id"].tolist()
+
+
 def test_pareto_front_by_each_metrics_direction(hand: Path) -> None:
     exp = load_experiment(hand)
-    front = exp.pareto("val_margin", "val_psnr")
-    assert front["trial_id"].tolist() == ["a", "b", "f"]  # best first by margin
-    assert front["metric/val_psnr"].tolist() == [20.0, 22.0, 23.0]
+    ids = _front0(exp, "val_margin", "val_psnr")
+    assert ids == ["a", "b", "f"]  # best first by margin
+    psnr = exp.trials.set_index("trial_id").loc[ids, "metric/val_psnr"]
+    assert psnr.tolist() == [20.0, 22.0, 23.0]
     # Lower identity loss is better: b (0.1) beats every 0.2 trial with less PSNR; f (0.3) has the
     # most PSNR.
-    front = exp.pareto("val_identity_loss", "val_psnr")
-    assert front["trial_id"].tolist() == ["b", "f"]
-    # x against itself: the best trials only.
-    assert set(exp.pareto("val_margin", "val_margin")["trial_id"]) == {"a", "d"}
+    assert _front0(exp, "val_identity_loss", "val_psnr") == ["b", "f"]
 
 
 def test_pareto_front_matches_brute_force(tmp_path: Path) -> None:
@@ -168,7 +172,7 @@ def test_pareto_front_matches_brute_force(tmp_path: Path) -> None:
         return any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values())
 
     expected = {t for t, p in points.items() if not beaten(p)}
-    assert set(exp.pareto("val_margin", "val_psnr")["trial_id"]) == expected
+    assert set(_front0(exp, "val_margin", "val_psnr")) == expected
 
 
 def test_rungs_from_the_plan(tmp_path: Path) -> None:
@@ -242,7 +246,7 @@ def test_the_folder_is_read_once(hand: Path, tmp_path: Path) -> None:
     exp = load_experiment(hand)
     hand.rename(tmp_path / "moved")
     assert exp.top(1)["trial_id"].iloc[0] in ("a", "d")
-    assert len(exp.pareto("val_margin", "val_psnr")) == 3
+    assert len(_front0(exp, "val_margin", "val_psnr")) == 3
     assert exp.rungs()["reached"].tolist() == [6, 2, 0, 0]  # a and c ran 2 epochs
     assert exp.best_checkpoint() == str(hand / "trial_a" / "best.pt")
     assert set(exp.importance("val_psnr").index) == set(exp.searched)
@@ -484,7 +488,7 @@ def test_unknown_metric_names_the_known_ones(hand: Path) -> None:
     exp = load_experiment(hand)
     for ask in (lambda: load_experiment(hand, metric="val_lfw_accuracy"),
                 lambda: exp.top(3, "val_lfw_accuracy"),
-                lambda: exp.pareto("val_psnr", "val_lfw_accuracy"),
+                lambda: exp.front(["val_psnr", "val_lfw_accuracy"]),
                 lambda: exp.importance("val_lfw_accuracy"),
                 lambda: exp.best_checkpoint("val_lfw_accuracy")):
         with pytest.raises(ConfigError, match="'val_lfw_accuracy' is not a metric") as error:
@@ -492,7 +496,7 @@ def test_unknown_metric_names_the_known_ones(hand: Path) -> None:
         assert "Known metrics: val_margin, " in str(error.value)
     # Known, but not reported by these trials.
     with pytest.raises(ConfigError, match="metric 'val_ssim' was not reported"):
-        exp.pareto("val_ssim", "val_psnr")
+        exp.front(["val_ssim", "val_psnr"])
     with pytest.raises(ConfigError, match="metric 'val_ssim' was not reported by trial"):
         exp.top(1, "val_ssim")
 
@@ -531,7 +535,8 @@ def test_top_by_another_metric_on_the_search(finished_search: dict[str, Any]) ->
 @pytest.mark.slow
 def test_pareto_on_the_search(finished_search: dict[str, Any]) -> None:
     exp = load_experiment(finished_search["experiment"])
-    front = exp.pareto("val_psnr", "val_margin")
+    ids = _front0(exp, "val_psnr", "val_margin")
+    front = exp.trials.set_index("trial_id").loc[ids].reset_index()
     points = exp.trials.dropna(subset=["value"]).set_index("trial_id")[
         ["metric/val_psnr", "metric/val_margin"]]
     expected = {t for t, (p, m) in points.iterrows()

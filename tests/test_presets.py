@@ -8,11 +8,16 @@ from tune_dsr.config import METRICS, Config, switch_key
 from tune_dsr.errors import ConfigError
 
 
+def _guide(preset):
+    """The guide anchor's point: the guide's value of every searched parameter."""
+    return preset.anchor_points()["guide"]
+
+
 @pytest.mark.parametrize("name", BUILTIN)
 def test_preset_space_gives_valid_configs_offline(name):
     preset = load_preset(name)
     assert preset.mode == METRICS[preset.metric]
-    first = preset.first_config()
+    first = _guide(preset)
     # FixedTrial: the space run offline with the guide's values gives a valid config.
     constants = preset.space(optuna.trial.FixedTrial(first)) or {}
     Config().replace(**{**first, **constants})
@@ -23,18 +28,18 @@ def test_preset_space_gives_valid_configs_offline(name):
 
 
 def test_guide_values_per_preset():
-    rec = load_preset("recognition_first").first_config()
+    rec = _guide(load_preset("recognition_first"))
     assert (rec["lambda_identity"], rec["lambda_feature_match"], rec["lambda_perceptual"]) == (
         0.60, 0.20, 0.01)
     assert (load_preset("recognition_first").metric, load_preset("recognition_first").mode) == (
         "val_margin", "max")
     quality = load_preset("quality_first")
-    first = quality.first_config()
+    first = _guide(quality)
     assert (first["lambda_l1"], first["lambda_perceptual"], first["lambda_identity"]) == (
         1.5, 0.04, 0.40)
     assert (quality.metric, quality.mode) == ("val_psnr", "max")
     fast = load_preset("fast")
-    assert fast.first_config()["batch_size"] == 20
+    assert _guide(fast)["batch_size"] == 20
     assert (fast.max_epochs, fast.grace_period, fast.metric, fast.mode) == (
         60, 12, "val_score", "max")
     assert fast.constants()["patience"] == 12
@@ -67,7 +72,6 @@ def test_anchors_are_the_guide_then_pixel_only(name):
     points = preset.anchor_points()
     assert list(points) == ["guide", "pixel-only"]
     guide, pixel = points["guide"], points["pixel-only"]
-    assert guide == preset.first_config()
     assert guide["lambda_identity_on"] and guide["lambda_feature_match_on"]
     assert not pixel["lambda_identity_on"] and not pixel["lambda_feature_match_on"]
     assert "lambda_identity" not in pixel and "lambda_feature_match" not in pixel
@@ -152,7 +156,7 @@ def test_user_preset_file(tmp_path):
         "def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-3, log=True)\n"
         "    return {'width': 64}\n")
     preset = load_preset(str(good))
-    assert (preset.name, preset.max_epochs, preset.first_config()) == ("mine", 7, {"lr": 2e-4})
+    assert (preset.name, preset.max_epochs, _guide(preset)) == ("mine", 7, {"lr": 2e-4})
     assert "mine" in preset.describe() and "[0.0001, 0.001] (log)" in preset.describe()
 
 

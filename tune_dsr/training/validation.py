@@ -125,13 +125,10 @@ class ValidationGallery:
     def distractors(self) -> int:
         return int(self.full.shape[0] - self.own.shape[0])
 
-    def measure(self, embeddings: Tensor) -> dict[str, float]:
-        """``rank1``, ``accuracy``, ``unknown_rate`` (own gallery, the guide's protocol),
-        ``rank1_full``, ``margin`` and ``soft_rank1`` (full gallery) of probe `embeddings`."""
-        return self._measure(embeddings)[0]
-
     def _measure(self, embeddings: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
-        """`measure`'s figures, and the per-probe values behind the full-gallery ones."""
+        """``rank1``, ``accuracy``, ``unknown_rate`` (own gallery, the guide's protocol),
+        ``rank1_full``, ``margin`` and ``soft_rank1`` (full gallery) of probe `embeddings`, and
+        the per-probe values behind the full-gallery ones."""
         embeddings = embeddings.detach().float().cpu()
         guide = identify(similarities(embeddings, self.own), self.labels, self.threshold)
         wide = identify(similarities(embeddings, self.full), self.labels, self.threshold)

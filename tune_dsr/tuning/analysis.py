@@ -6,7 +6,7 @@
     exp.history                 # one row per trial and epoch
     exp.top(5)                  # the ranking export's --rank takes: confirmed configurations first
     exp.top(5, "val_psnr")      # the five best trials by another metric
-    exp.pareto("val_psnr", "val_margin")
+    exp.front(["val_psnr", "val_margin"])   # any search: the non-dominated trials
     exp.importance(), exp.rungs(), exp.best_checkpoint()
     exp.confirmations()         # each confirmed configuration: its runs, mean and interval
     exp.winner(), exp.verdict() # the configuration export takes; did it beat doing nothing?
@@ -267,16 +267,6 @@ class Experiment:
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in sorted(searched.items()))
         return describe(self.front(chosen), chosen, configs=configs)
-
-    def pareto(self, x: str, y: str) -> pd.DataFrame:
-        """The trials no other trial beats on both `x` and `y`: front 0 of `front([x, y])`,
-        as rows of the trials frame, best first by `x`. Each trial is taken at its best epoch by
-        the objective, the epoch its ``best.pt`` holds, so every point on the front is a model
-        one can pick (other epochs' weights are gone)."""
-        points = self.front([x, y])
-        ids = list(points.loc[points["front"] == 0, "trial_id"])
-        rows = self.trials.set_index("trial_id").loc[ids].reset_index()
-        return rows
 
     # ------------------------------------------------------------ confirmation and verdict
     def confirmations(self) -> pd.DataFrame:
