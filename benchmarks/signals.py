@@ -5,7 +5,7 @@ trial whose best objective is highest. Whether that finds the DSR that recognise
 best depends on the objective. This study trains several DSR configurations that a search could
 produce (identity and feature-matching weights, learning rate, warm-up, seed; the network and
 the rest pinned, `PINS`) with tune_dsr's own `Trainer`, and after every epoch measures the EMA
-network on the *test* split with `tune_dsr.evaluation.protocols.evaluate` (wide gallery: the
+network on the *test* split with `tune_dsr.evaluation.protocols.evaluate_dsrs` (wide gallery: the
 test subjects plus the training and validation subjects as distractors, the recogniser DSR
 trained against).
 It then scores each candidate validation signal (`SIGNALS`) against two test targets, rank-1

@@ -1,4 +1,5 @@
-"""Search-space presets: one small module each (`recognition_first`, `quality_first`, `fast`).
+"""Search-space presets: one small module each (`recognition_first`, `quality_first`, `fast`,
+`balanced`).
 
 A preset module defines
 

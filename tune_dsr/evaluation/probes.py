@@ -214,12 +214,12 @@ class DistractorFaces:
         hr_dir = folder / "hr_images"
         if not hr_dir.is_dir():
             what = "does not exist" if not folder.exists() else "holds no hr_images/ folder"
-            raise DataError(f"the gallery folder {folder} {what}; pass --distractor-dir folders "
+            raise DataError(f"the distractor folder {folder} {what}; pass --distractor-dir folders "
                             "that hold hr_images/ (e.g. DATA/train_processed)")
         paths = sorted(p for p in hr_dir.iterdir()
                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not paths:
-            raise DataError(f"the gallery folder {hr_dir} holds no images "
+            raise DataError(f"the distractor folder {hr_dir} holds no images "
                             f"({'/'.join(IMAGE_EXTENSIONS)}); pass a folder with HR faces")
 
         def problem(path: Path) -> str | None:
@@ -233,8 +233,9 @@ class DistractorFaces:
         with ThreadPoolExecutor(max_workers=8) as pool:
             problems = [p for p in pool.map(problem, paths) if p]
         if problems:
-            raise DataError(f"{len(problems)} unusable HR images in the gallery folder {hr_dir}: "
-                            f"{listing(problems, sep='; ')}. Replace or remove them, or leave "
+            raise DataError(f"{len(problems)} unusable HR images in the distractor folder "
+                            f"{hr_dir}: {listing(problems, sep='; ')}. Replace or remove them, "
+                            "or leave "
                             "this --distractor-dir out.", problems)
         return cls(str(folder), [subject_of(p.name) for p in paths], paths=paths)
 
@@ -264,7 +265,7 @@ class DistractorFaces:
                     with Image.open(path) as image:
                         chunk.append(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
                 except OSError as exc:
-                    raise DataError(f"gallery image {path} cannot be decoded ({exc}); replace "
+                    raise DataError(f"distractor image {path} cannot be decoded ({exc}); replace "
                                     "or remove it") from exc
             yield torch.from_numpy(np.stack(chunk))
 
@@ -276,7 +277,7 @@ def check_distractors(data: PairedFaces, distractors: Sequence[DistractorFaces])
         shared = sorted(probes & set(faces.subjects))
         if shared:
             raise DataError(
-                f"the gallery folder {faces.source} holds {len(shared)} of the probes' own "
+                f"the distractor folder {faces.source} holds {len(shared)} of the probes' own "
                 f"subjects ({listing(shared)}); distractors must be other identities, or a "
                 "right answer would count as wrong. Pass --distractor-dir folders of other "
                 "subjects (the splits are by subject: train_processed/ and val_processed/ beside "

@@ -1,8 +1,9 @@
 """The Tune adapter: one trial = one `Trainer` run that reports every epoch to Tune.
 
 The dataset arrives through ``tune.with_parameters`` (decoded once by the driver, shared through
-the object store), the resources through ``tune.with_resources``. ASHA decides when a trial stops,
-so the trainer's own patience is switched off here.
+the object store), the resources through ``tune.with_resources``. ASHA compares trials with each
+other; the search's patience (the trainer's early stopping on the search's objective) ends a trial
+that has stopped beating its own best.
 """
 
 from __future__ import annotations
