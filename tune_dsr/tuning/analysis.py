@@ -65,6 +65,7 @@ from tune_dsr.tuning.records import (
     read_experiment,
     trials_frame,
 )
+from tune_dsr.tuning.rungs import rung_milestones
 from tune_dsr.tuning.verdict import GAIN_OF, Verdict, Winner
 
 if TYPE_CHECKING:
@@ -526,12 +527,8 @@ def asha_milestones(grace_period: int, reduction_factor: float, max_epochs: int)
     if grace_period < 1 or reduction_factor <= 1 or max_epochs < 1:
         raise ConfigError(f"ASHA needs grace_period >= 1, reduction_factor > 1 and max_epochs "
                           f">= 1, but got ({grace_period}, {reduction_factor}, {max_epochs})")
-    rungs: list[int] = []
-    milestone = float(grace_period)
-    while milestone < max_epochs:
-        # A trial reports whole epochs; Ray compares it once it has reached the milestone.
-        rungs.append(math.ceil(milestone))
-        milestone *= reduction_factor
+    # A trial reports whole epochs; Ray compares it once it has reached the milestone.
+    rungs = {math.ceil(m) for m in rung_milestones(grace_period, reduction_factor, max_epochs)}
     return sorted({*rungs, max_epochs})
 
 

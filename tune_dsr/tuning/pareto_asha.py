@@ -43,6 +43,8 @@ import numpy as np
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from tune_dsr.tuning.rungs import rung_milestones
+
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
@@ -234,11 +236,7 @@ class ParetoASHA(FIFOScheduler):
         self._grace_period = grace_period
         self._rf = reduction_factor
         self._stop_last_trials = stop_last_trials
-        milestones = []
-        milestone = grace_period
-        while milestone < max_t:
-            milestones.append(milestone)
-            milestone = grace_period * reduction_factor ** len(milestones)
+        milestones = rung_milestones(grace_period, reduction_factor, max_t)
         # Highest first, as in Ray's _Bracket: a result is decided at the highest rung it reached.
         self._rungs: list[tuple[float, dict[str, list[float]]]] = [
             (m, {}) for m in reversed(milestones)]
