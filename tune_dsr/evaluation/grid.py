@@ -13,7 +13,6 @@ new best epoch); `probe_grid` picks and runs the probes of a set (``python -m tu
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,15 +155,9 @@ def save_grid(image: Image.Image, path: str | Path) -> Path:
     """Write `image` as a PNG (whatever the suffix), creating the folder; atomic (write then
     rename), so a reader never sees half a file, and a failed write leaves no temporary file.
     Returns the resolved path."""
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from tune_dsr.files import atomic_write
+
+    return atomic_write(path, lambda out: image.save(out, format="PNG"))
 
 
 def pick_probes(similarity: Sequence[float] | None, count: int, pick: str, total: int,

@@ -119,14 +119,11 @@ def _format_sweep(methods: Mapping[str, Any], step: float = 0.05) -> list[str]:
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """One row per probe × method × recogniser × protocol; written then renamed, so a failed
     write leaves neither half a file nor a temporary one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PROBE_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from tune_dsr.files import atomic_write_text
+
+    def write(out: Any) -> None:
+        writer = csv.DictWriter(out, fieldnames=PROBE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write_text(path, write, newline="")

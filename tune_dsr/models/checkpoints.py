@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from tune_dsr.config import Config
 from tune_dsr.errors import CheckpointError, ConfigError, EdgeFaceError
+from tune_dsr.files import atomic_write
 from tune_dsr.models.dsr import DSR
 from tune_dsr.models.edgeface import (
     _EDGENEXT,
@@ -69,13 +70,7 @@ TRAINER_STATE_FORMAT = "tune_dsr.trainer_state/1"
 def _save_atomically(document: dict[str, Any], path: str | Path) -> None:
     """Write then rename: a run killed mid-save leaves the previous file intact, and no
     temporary file stays behind when the write fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(document, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda out: torch.save(document, out))
 
 
 def save_dsr(path: str | Path, model: nn.Module, config: Config, metrics: dict[str, float],

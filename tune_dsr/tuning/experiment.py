@@ -18,14 +18,13 @@ Only the standard library is imported at module level: the CLIs use this before 
 from __future__ import annotations
 
 import json
-import os
 import types
-import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from tune_dsr.errors import ConfigError
+from tune_dsr.files import atomic_write
 from tune_dsr.tuning.options import DEFAULT_CONFIRM_RUNS
 
 __all__ = [
@@ -169,19 +168,7 @@ def write_text(path: str, text: str) -> None:
         with fs.open_output_stream(inner) as out:
             out.write(text.encode())
         return
-    target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        # 0o666 less the umask: the permissions a plain open() gives.
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w",
-                  encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())  # the bytes are on disk before the name points at them
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)  # gone already once renamed
+    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
 def write_json(path: str, document: Any) -> None:
