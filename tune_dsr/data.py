@@ -38,6 +38,7 @@ from tune_dsr.errors import ConfigError, DataError, listing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "SPLITS",
     "DataError",
     "PairedFaces",
     "bicubic_upscale",
@@ -46,6 +47,7 @@ __all__ = [
     "inspect_image",
     "load_pair_sets",
     "split_dirs",
+    "split_folder",
     "subject_of",
     "to_float",
     "vlr_sizes",
@@ -85,11 +87,22 @@ def _error(folder: Path, problems: Sequence[_Problem]) -> DataError:
     return DataError("\n".join(lines), [p.text for p in problems])
 
 
+# The splits of a data root, in order: DATA/<split>_processed/ (the original project's layout).
+SPLITS = ("train", "val", "test")
+
+
+def split_folder(split: str) -> str:
+    """The folder name of a split under a data root: ``test`` -> ``test_processed``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
+    return f"{split}_processed"
+
+
 def split_dirs(data_root: str | Path, *splits: str) -> dict[str, str]:
     """``{"<split>_dir": "<data_root>/<split>_processed"}`` for each split, absolute: what a data
     root means to every command (``--data-root``)."""
     root = Path(data_root).expanduser().resolve()
-    return {f"{split}_dir": str(root / f"{split}_processed") for split in splits}
+    return {f"{split}_dir": str(root / split_folder(split)) for split in splits}
 
 
 def subject_of(name: str) -> str:

@@ -51,12 +51,15 @@ def resolve_split(data_root: str | Path | None = None, test_dir: str | Path | No
         raise ConfigError(f"give the probes with --test-dir DIR or --data-root DATA, one of them "
                           f"({given} given); {_SPLIT_FIX}")
     if data_root is not None:
-        root = Path(data_root).expanduser().resolve()
-        if not (root / "test_processed").is_dir():
+        from tune_dsr.data import split_dirs
+
+        split = Path(split_dirs(data_root, "test")["test_dir"])
+        root = split.parent
+        if not split.is_dir():
             what = ("does not exist" if not root.exists() else "is not a folder"
-                    if not root.is_dir() else "holds no test_processed/")
+                    if not root.is_dir() else f"holds no {split.name}/")
             raise DataError(f"--data-root {root} {what}; {_SPLIT_FIX}.")
-        return root / "test_processed"
+        return split
     path = Path(str(test_dir)).expanduser().resolve()
     if not path.exists():
         raise DataError(f"--test-dir {path} does not exist; {_SPLIT_FIX}.")
@@ -71,9 +74,11 @@ def resolve_split(data_root: str | Path | None = None, test_dir: str | Path | No
 def default_distractor_roots(split: Path) -> list[Path]:
     """``train_processed/`` and ``val_processed/`` beside `split` (other than `split` itself):
     subjects the wide protocol adds to the gallery when no ``--distractor-dir`` is given."""
+    from tune_dsr.data import split_dirs
+
     split = split.resolve()
-    return [split.parent / name for name in ("train_processed", "val_processed")
-            if (split.parent / name).is_dir() and (split.parent / name) != split]
+    beside = [Path(folder) for folder in split_dirs(split.parent, "train", "val").values()]
+    return [folder for folder in beside if folder.is_dir() and folder != split]
 
 
 @dataclass
