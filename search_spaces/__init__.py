@@ -43,15 +43,22 @@ from typing import Any
 
 import optuna
 
-from tune_dsr.config import METRICS, SWITCHABLE, Config, switch_key, switches
+from tune_dsr.config import (
+    ANCHOR,
+    GUIDE_ANCHOR,
+    METRICS,
+    PIXEL_ONLY,
+    SWITCHABLE,
+    Config,
+    switch_key,
+    switches,
+)
 from tune_dsr.errors import ConfigError
 
 BUILTIN = ("recognition_first", "quality_first", "fast", "balanced")
 
 __all__ = [
     "BUILTIN",
-    "GUIDE_ANCHOR",
-    "PIXEL_ONLY",
     "PIXEL_ONLY_OFF",
     "Preset",
     "SearchSpace",
@@ -64,8 +71,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GUIDE_ANCHOR = "guide"
-PIXEL_ONLY = "pixel-only"
 # The ablation every preset runs unless it declares its own anchors: the identity terms off.
 PIXEL_ONLY_OFF = ("lambda_identity", "lambda_feature_match")
 
@@ -277,7 +282,7 @@ class SearchSpace:
         if self.anchors:
             # Every trial carries the key (Tune's reporter looks it up): "" for TPE's trials.
             params = dict(trial.params)
-            settings["anchor"] = next(
+            settings[ANCHOR] = next(
                 (name for name, point in self.anchors.items() if point == params), "")
         return settings
 

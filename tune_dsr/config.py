@@ -22,9 +22,15 @@ from typing import Any, ClassVar
 from tune_dsr.errors import ConfigError
 
 __all__ = [
+    "ANCHOR",
+    "CONFIRMS",
+    "CONFIRM_RUN",
+    "GUIDE_ANCHOR",
     "HELD_OUT_PREFIX",
     "METRICS",
     "PERCEPTUAL_LAYERS",
+    "PIXEL_ONLY",
+    "TRIAL_LABELS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -80,6 +86,14 @@ METRICS: dict[str, str] = {
 # The metrics that only a run with a held-out validation recogniser (val_edgeface) reports.
 HELD_OUT_PREFIX = "val_heldout_"
 
+
+# A search trial's labels in its config (not settings): which anchor it runs ("" for TPE's),
+# and, for a confirmation run, the search trial it repeats and which run of it it is.
+ANCHOR, CONFIRMS, CONFIRM_RUN = "anchor", "confirms", "confirm_run"
+TRIAL_LABELS = (ANCHOR, CONFIRMS, CONFIRM_RUN)
+# The anchors every preset runs unless it declares its own: the guide's values, and the same
+# with the identity and feature-matching terms off.
+GUIDE_ANCHOR, PIXEL_ONLY = "guide", "pixel-only"
 
 # The guide's acceptance threshold: a cosine similarity below it answers "unknown". The one
 # owner of 0.35 (training validation, evaluate, compare and the library's defaults).
@@ -330,7 +344,7 @@ class Config:
     # Keys a JSON file or a Tune trial may carry that are not settings: export's provenance,
     # and a search trial's labels (which anchor it is, which trial a confirmation run repeats).
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"provenance", "metrics", "$schema", "anchor", "confirms", "confirm_run"})
+        {"provenance", "metrics", "$schema", *TRIAL_LABELS})
     # Keys renamed since: configs and checkpoints written before still load.
     RENAMED: ClassVar[dict[str, str]] = {"early_stop_patience": "patience"}
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tune_dsr.config import direction
+from tune_dsr.config import ANCHOR, CONFIRMS, PIXEL_ONLY, direction
 from tune_dsr.errors import ConfigError
 from tune_dsr.statistics import t_interval
 from tune_dsr.tuning.experiment import (
@@ -287,7 +287,7 @@ class Experiment:
         gain = GAIN_OF.get(self.metric, "val_margin_gain")
         search = self.trials.set_index("trial_id")["value"]
         rows = {}
-        for trial_id, runs in frame[frame["value"].notna()].groupby("confirms", sort=False):
+        for trial_id, runs in frame[frame["value"].notna()].groupby(CONFIRMS, sort=False):
             runs = runs.sort_values("config/confirm_run")
             values = runs["value"].tolist()
             mean, low, high = t_interval(values)
@@ -311,7 +311,7 @@ class Experiment:
         trial_id = str(row["trial_id"])
         if row["confirm_runs"]:
             confirmed = self._confirmations.loc[trial_id]
-            runs = self.confirm_trials[self.confirm_trials["confirms"] == trial_id]
+            runs = self.confirm_trials[self.confirm_trials[CONFIRMS] == trial_id]
             runs = runs.sort_values("config/confirm_run")
             return Winner(trial_id, str(confirmed["anchor"]), float(confirmed["mean"]),
                           int(confirmed["runs"]), float(confirmed["low"]),
@@ -344,7 +344,7 @@ class Experiment:
         from tune_dsr.config import Config
 
         warmup = Config.from_dict(self.trial(winner.trial_id).config).train.warmup_epochs
-        pixel = self.trials[(self.trials["anchor"] == "pixel-only")
+        pixel = self.trials[(self.trials[ANCHOR] == PIXEL_ONLY)
                             & self.trials["value"].notna()]
         pixel_value = float(pixel["value"].iloc[0]) if len(pixel) else None
         confirmed = self.confirmations()

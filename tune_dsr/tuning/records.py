@@ -17,11 +17,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tune_dsr.config import ANCHOR, CONFIRMS
 from tune_dsr.errors import ConfigError
 from tune_dsr.tuning.experiment import (
     DAMAGE,
@@ -32,9 +33,6 @@ from tune_dsr.tuning.experiment import (
     join,
     parse_json,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BASE_COLUMNS",
@@ -80,7 +78,7 @@ class TrialRecord:
     @property
     def anchor(self) -> str:
         """The anchor this trial ran (``guide``, ``pixel-only``...), or "" for a TPE trial."""
-        return str(self.config.get("anchor") or "")
+        return str(self.config.get(ANCHOR) or "")
 
     @property
     def unfinished(self) -> bool:
@@ -305,8 +303,8 @@ def trials_frame(experiment: str | list[TrialRecord], metric: str, mode: str,
             "best_epoch": best.get("epoch"), "epochs_run": t.epochs_run, "stopped_early": stopped,
             "stopped_by": _stopped_by(t, patience) if stopped else "", "error": t.error,
             "status": t.status, "path": t.path, "checkpoint": t.latest_checkpoint()}
-        if "confirms" in t.config:
-            row["confirms"] = t.config["confirms"]
+        if CONFIRMS in t.config:
+            row[CONFIRMS] = t.config[CONFIRMS]
         row.update({f"metric/{k}": v for k, v in best.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         row.update({f"config/{k}": v for k, v in t.config.items()})

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune_dsr import demo
-from tune_dsr.config import HELD_OUT_PREFIX, Config, direction
+from tune_dsr.config import (
+    ANCHOR,
+    CONFIRM_RUN,
+    CONFIRMS,
+    HELD_OUT_PREFIX,
+    PIXEL_ONLY,
+    Config,
+    direction,
+)
 from tune_dsr.errors import ConfigError, check_writable_dir
 from tune_dsr.tuning.experiment import (
     BEST_FILE,
@@ -347,7 +355,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     reporter = tune.CLIReporter(
         metric_columns=list(dict.fromkeys(["epoch", plan.metric, *plan.objectives, "val_psnr",
                                            "val_rank1_full_gain"])),
-        parameter_columns=["anchor", *preset.searched(plan.pins)][:8],
+        parameter_columns=[ANCHOR, *preset.searched(plan.pins)][:8],
         max_report_frequency=15)
     return tune.Tuner(
         trainable,
@@ -388,7 +396,6 @@ def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
     The anchor is confirmed too because the verdict compares the winner with it: the winner's
     confirmed mean (full budget, new seeds) against the anchor's one search run, which ASHA or
     the patience may have cut short, would not be a fair comparison."""
-    from search_spaces import PIXEL_ONLY
     from tune_dsr.tuning.analysis import load_experiment
 
     experiment = load_experiment(plan.experiment_path)
@@ -398,7 +405,7 @@ def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
     if len(chosen) < plan.confirm:
         logger.warning("--confirm %d: only %d trial(s) finished with a %s value; confirming "
                        "those", plan.confirm, len(chosen), plan.metric)
-    pixel = finished.loc[finished["anchor"] == PIXEL_ONLY, "trial_id"].tolist()
+    pixel = finished.loc[finished[ANCHOR] == PIXEL_ONLY, "trial_id"].tolist()
     if chosen and pixel and pixel[0] not in chosen:
         chosen.append(pixel[0])
     configs = []
@@ -406,7 +413,7 @@ def confirmation_configs(plan: SearchPlan) -> list[dict[str, Any]]:
         config = experiment.trial(trial_id).config
         for run in range(1, plan.confirm_runs + 1):  # seeds the search never used
             configs.append({**config, "seed": int(config.get("seed", plan.seed)) + run,
-                            "confirms": trial_id, "confirm_run": run})
+                            CONFIRMS: trial_id, CONFIRM_RUN: run})
     return configs
 
 
@@ -441,7 +448,7 @@ def build_confirmation(plan: SearchPlan, data: SearchData, resume: bool = False,
             sync_config=tune.SyncConfig(sync_artifacts=is_uri(plan.storage_path)),
             progress_reporter=tune.CLIReporter(
                 metric_columns=["epoch", plan.metric, "val_psnr"],
-                parameter_columns=["confirms", "confirm_run", "anchor", "seed"],
+                parameter_columns=[CONFIRMS, CONFIRM_RUN, ANCHOR, "seed"],
                 max_report_frequency=15),
             verbose=1))
 

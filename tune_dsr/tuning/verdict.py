@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     pass
 
+from tune_dsr.config import PIXEL_ONLY
 from tune_dsr.tuning.records import TrialRecord
 
 __all__ = ["GAIN_OF", "Verdict", "Winner"]
@@ -88,7 +89,7 @@ class Verdict:
         # interval: two configurations within one seed's noise are a tie, not a ranking.
         within = (pixel_only is not None and math.isfinite(winner.low)
                   and winner.low <= pixel_only <= winner.high)
-        beats_pixel = (None if pixel_only is None or winner.anchor == "pixel-only"
+        beats_pixel = (None if pixel_only is None or winner.anchor == PIXEL_ONLY
                        else sign * (winner.value - pixel_only) > 0 and not within)
         which = (f"trial {winner.trial_id}" + (f" ({winner.anchor} anchor)" if winner.anchor
                                                 else ""))
@@ -109,7 +110,7 @@ class Verdict:
                      f"{interval(gain, half, -math.inf, math.inf, '+.4f')}, rank-1 "
                      f"{rank1:+.1%} {interval(rank1, rank1_half, -1.0, 1.0, '+.1%')} (95 %, "
                      "paired over the validation persons).")
-        if winner.anchor == "pixel-only":
+        if winner.anchor == PIXEL_ONLY:
             lines.append("The winner is the pixel-only anchor: the identity terms did not help "
                          "on this data.")
         elif pixel_only is not None and within:
