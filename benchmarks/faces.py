@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Context, PartResult, Ratio, fmt
+from tune_dsr.data import SPLITS as DATA_SPLITS
+from tune_dsr.data import split_folder
 
 SPACE = "recognition_first"
 # Held fixed on the CPU (the guide's 112 x 16 DSR is 20x the compute): a small DSR, the bicubic
@@ -48,7 +50,6 @@ CPU_PINS: dict[str, Any] = {"width": 48, "depth": 6, "batch_size": 16, "bicubic_
 # On a GPU only the perceptual term stays pinned (no weights); the DSR's size and the skip are
 # searched as the preset has them.
 GPU_PINS: dict[str, Any] = {"lambda_perceptual": 0.0}
-PINS = CPU_PINS
 PERCEPTUAL = "random"  # never used: λ_perceptual is pinned to 0
 # With a held-out recogniser the search's objective: the smaller of the two margin gains over
 # bicubic on the validation persons, so a DSR must help both recognisers to win
@@ -124,7 +125,7 @@ def check_inputs(data: Path | None, edgeface: str | None,
     return data, files[0], files[1:]
 
 
-SPLITS = ("train_processed", "val_processed", "test_processed")
+SPLITS = tuple(split_folder(split) for split in DATA_SPLITS)
 
 
 def _train(config: Path, out: Path, log: Path) -> subprocess.Popen:

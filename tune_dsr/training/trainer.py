@@ -285,7 +285,7 @@ class Trainer:
     def _embed(self, images: Tensor, net: nn.Module | None = None) -> Tensor:
         """Embeddings of float images in [0, 1] by the frozen recogniser (or `net`)."""
         with self._autocast():
-            embedding, _ = (net or self.loss.identity_net)(
+            embedding, _ = (self.loss.identity_net if net is None else net)(
                 images.contiguous(memory_format=self.memory_format))
         return embedding.float()
 

@@ -183,8 +183,8 @@ def plan_search(options: SearchOptions) -> SearchPlan:
     name = options.name or f"dsr-{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     pins = dict(options.pins)
     # Every setting the plan fixes, checked before anything (the demo's faces) is written.
-    Config().replace(**{**preset.constants(), **(demo.SEARCH_PINS if options.demo else {}),
-                        **pins})
+    constants = preset.constants()
+    Config().replace(**{**constants, **(demo.SEARCH_PINS if options.demo else {}), **pins})
     base: dict[str, Any] = {}
     if options.demo:
         demo_root = Path(storage if not is_uri(storage) else ".").resolve() / f"{name}-demo-data"
@@ -210,7 +210,7 @@ def plan_search(options: SearchOptions) -> SearchPlan:
         base["val_edgeface"] = _local_file(options.val_edgeface or base["val_edgeface"])
     if options.samples_per_epoch is not None:
         base["samples_per_epoch"] = options.samples_per_epoch
-    base.update(preset.constants(), epochs=max_epochs, seed=options.seed,
+    base.update(constants, epochs=max_epochs, seed=options.seed,
                 max_images=options.max_images)
     if options.vlr_size:
         base["vlr_size"] = options.vlr_size

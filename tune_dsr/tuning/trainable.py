@@ -20,7 +20,7 @@ from ray import tune
 
 from tune_dsr.config import Config
 from tune_dsr.data import PairedFaces
-from tune_dsr.training.losses import load_loss_networks
+from tune_dsr.training.losses import load_held_out, load_loss_networks
 from tune_dsr.training.trainer import Callback, Trainer
 from tune_dsr.tuning.experiment import is_uri, trial_folder
 
@@ -39,6 +39,7 @@ STATE_FILE = "state.pt"
 # Frozen networks, the same for every trial: a trial in a reused actor process takes the ones
 # the previous trial loaded (each trainer sets the memory layout it wants on them).
 _loss_networks = functools.lru_cache(maxsize=2)(load_loss_networks)
+_held_out = functools.lru_cache(maxsize=2)(load_held_out)
 
 
 def kept_key(metric: str) -> str:
@@ -108,9 +109,11 @@ def train_dsr(config: dict[str, Any], train_set: PairedFaces, val_set: PairedFac
                                                   monitor=objective)
     identity_net, vgg = _loss_networks(run_config.train.edgeface,
                                        run_config.train.perceptual_weights)
+    held_out = _held_out(run_config.train.val_edgeface) if run_config.train.val_edgeface else None
     trainer = Trainer(run_config, train_set, val_set, identity_net, vgg,
                       callbacks=[TuneReporter(objective, checkpoint_every, objectives)],
-                      out_dir=trial_output_dir(experiment_path), save_last=False)
+                      out_dir=trial_output_dir(experiment_path), save_last=False,
+                      held_out=held_out)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 from tune_dsr.config import PIXEL_ONLY
 from tune_dsr.tuning.records import TrialRecord
