@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("tune_dsr", "search_spaces")
-CLIS = ("train", "search", "export", "evaluate", "compare", "synth")
+CLIS = ("train", "search", "export", "evaluate", "compare", "synth", "finetune", "cycle")
 
 
 def _module_name(path: Path) -> str:
@@ -142,6 +142,9 @@ def test_help_answers_without_torch_or_ray(cli):
     ("evaluate", ["--test-dir", "x"], "the following arguments are required: --dsr"),
     ("compare", ["--out", "x.png"], "the following arguments are required: --dsr"),
     ("synth", ["--subjects", "x", "--out", "y"], "--subjects: invalid int value: 'x'"),
+    ("finetune", ["--epochs", "x", "--out", "y"], "--epochs: invalid int value: 'x'"),
+    ("cycle", ["--config", "a.json", "--dsr", "b.pt", "--out", "y"],
+     "argument --dsr: not allowed with argument --config"),
 ])
 def test_argument_errors_answer_without_torch_or_ray(cli, args, words):
     """A usage error: exit 2, the message, and neither torch nor Ray imported."""

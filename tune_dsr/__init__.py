@@ -4,7 +4,9 @@ DSR turns very-low-resolution faces into 112x112 faces that a frozen, fine-tuned
 identify. The commands: ``python -m tune_dsr.train`` runs one training, ``tune_dsr.search`` many
 under ASHA and Optuna, ``tune_dsr.export`` hands the best configuration back to ``train``, and
 ``tune_dsr.evaluate`` and ``tune_dsr.compare`` measure the result on unseen subjects against
-bicubic upscaling. Each is a thin shell over the library, in layers:
+bicubic upscaling; ``tune_dsr.finetune`` fine-tunes EdgeFace on a DSR's faces and
+``tune_dsr.cycle`` runs the guide's whole cycle. Each is a thin shell over the library, in
+layers:
 
 - ``config``, ``errors``, ``data``, ``synthetic``, ``recognition``, ``quality``, ``hardware``:
   the settings, the faces, and the figures everything else shares;
@@ -13,7 +15,9 @@ bicubic upscaling. Each is a thin shell over the library, in layers:
   in-loop validation galleries;
 - ``tuning``: the search service, its Ray and Optuna glue, the experiment folder, its analysis
   and the export of a configuration;
-- ``evaluation``: the probe sets, the protocols against bicubic, the report, the picture grid.
+- ``evaluation``: the probe sets, the protocols against bicubic, the report, the picture grid;
+- ``finetuning``: EdgeFace fine-tuned on DSR's faces (its config, CosFace head and loop);
+- ``cycling``: the cycle's stages, their folders and its summary.
 
 The front door below imports on first use, so ``import tune_dsr`` stays free of torch and Ray::
 
@@ -48,6 +52,10 @@ _HOMES = {
     "best_config_document": "tune_dsr.tuning.export",
     "evaluate_dsrs": "tune_dsr.evaluation.protocols",
     "format_report": "tune_dsr.evaluation.report",
+    "FinetuneConfig": "tune_dsr.finetuning.config",
+    "prepare_finetune": "tune_dsr.finetuning.finetuner",
+    "plan_cycle": "tune_dsr.cycling.cycle",
+    "run_cycle": "tune_dsr.cycling.cycle",
 }
 
 __all__ = sorted(_HOMES)

@@ -33,6 +33,7 @@ __all__ = [
     "check_writable_file",
     "parse_settings",
     "run_cli",
+    "show_progress",
 ]
 
 
@@ -109,6 +110,16 @@ def check_at_least(args: argparse.Namespace, **lowest: int) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             raise ConfigError(f"{name}={value} is too small: it must be at least {low}")
+
+
+def show_progress(epoch: int, batch: int, num_batches: int, loss: Any) -> None:
+    """One epoch's progress bar on stderr, rewritten in place, cleared at the last batch;
+    `loss` is read (``float``) only here, since reading waits for the device."""
+    done = int(30 * batch / num_batches)
+    print(f"\rEpoch {epoch:03d} [{'#' * done}{'.' * (30 - done)}] {batch}/{num_batches} "
+          f"loss={float(loss):.4f}", end="", file=sys.stderr, flush=True)
+    if batch == num_batches:
+        print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
 
 
 def add_set_flag(parser: argparse.ArgumentParser, what: str) -> None:

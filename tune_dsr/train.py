@@ -23,6 +23,7 @@ from tune_dsr.cli import (
     check_writable_dir,
     parse_settings,
     run_cli,
+    show_progress,
 )
 
 __all__ = [
@@ -47,13 +48,8 @@ class EpochPrinter:
         self.progress = progress
 
     def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int, loss: Tensor) -> None:
-        if not self.progress:
-            return  # reading the loss would wait for the device
-        done = int(30 * batch / num_batches)
-        print(f"\rEpoch {trainer.epoch + 1:03d} [{'#' * done}{'.' * (30 - done)}] "
-              f"{batch}/{num_batches} loss={float(loss):.4f}", end="", file=sys.stderr, flush=True)
-        if batch == num_batches:
-            print("\r" + " " * 79 + "\r", end="", file=sys.stderr, flush=True)
+        if self.progress:  # reading the loss would wait for the device
+            show_progress(trainer.epoch + 1, batch, num_batches, loss)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         def parts(prefix: str) -> str:

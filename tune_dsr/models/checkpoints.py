@@ -3,7 +3,12 @@
 - DSR: ``best.pt`` (`save_dsr`, format ``tune_dsr.dsr/1``: EMA weights, config, metrics), read
   back by `read_dsr_checkpoint` / `load_dsr`, which also take trainer states.
 - Trainer state: ``last.pt`` and each Tune trial's ``state.pt`` (`write_trainer_state`, format
-  ``tune_dsr.trainer_state/1``), read back by `read_trainer_state` to resume.
+  ``tune_dsr.trainer_state/1``), read back by `read_trainer_state` to resume; a fine-tuning
+  run's ``last.pt`` the same way under format ``tune_dsr.finetune_state/1``.
+- Fine-tuned EdgeFace: ``edgeface_finetuned.pth`` (`save_finetuned_edgeface`, format
+  ``tune_dsr.edgeface_finetuned/1``), the original project's fine-tuned layout
+  (``backbone_state_dict``, ``arcface_state_dict``, ``subject_to_id``, ``val_accuracy``, a plain
+  ``config`` dict), read by `load_edgeface` like any other recogniser.
 - EdgeFace: ``load_edgeface(path or "random:<variant>")`` accepts every checkpoint layout the
   EdgeFace world produces (official state dicts, the original project's fine-tuned dict with its
   pickled ``FinetuneConfig``, DataParallel wrappers, int8 dynamic-quantised files, TorchScript
@@ -45,6 +50,8 @@ from tune_dsr.models.edgeface import (
 
 __all__ = [
     "DSR_FORMAT",
+    "FINETUNED_EDGEFACE_FORMAT",
+    "FINETUNE_STATE_FORMAT",
     "TRAINER_STATE_FORMAT",
     "DSRCheckpoint",
     "build_dsr",
@@ -54,6 +61,7 @@ __all__ = [
     "read_trainer_state",
     "resolve_dsr_path",
     "save_dsr",
+    "save_finetuned_edgeface",
     "write_trainer_state",
 ]
 
@@ -65,6 +73,9 @@ logger = logging.getLogger(__name__)
 DSR_FORMAT = "tune_dsr.dsr/1"
 # Written by the trainer (`last.pt`) and by each Tune trial checkpoint (`state.pt`).
 TRAINER_STATE_FORMAT = "tune_dsr.trainer_state/1"
+# A fine-tuning run's `last.pt`, and the recogniser it hands on.
+FINETUNE_STATE_FORMAT = "tune_dsr.finetune_state/1"
+FINETUNED_EDGEFACE_FORMAT = "tune_dsr.edgeface_finetuned/1"
 
 
 def _save_atomically(document: dict[str, Any], path: str | Path) -> None:
@@ -80,14 +91,34 @@ def save_dsr(path: str | Path, model: nn.Module, config: Config, metrics: dict[s
                       "model_state_dict": model.state_dict(), "metrics": dict(metrics)}, path)
 
 
-def write_trainer_state(state: dict[str, Any], path: str | Path) -> None:
+def save_finetuned_edgeface(path: str | Path, backbone: nn.Module, head_weight: Tensor, *,
+                            epoch: int, subject_to_id: dict[str, int], config: dict[str, Any],
+                            metrics: dict[str, float]) -> None:
+    """A fine-tuned recogniser in the original project's layout, with plain data only (its
+    ``config`` a dict, not a pickled class), so that it loads with ``weights_only=True``.
+
+    ``arcface_state_dict`` keeps the original's key name whatever the margin head was (the
+    config's ``head`` says which); ``val_accuracy`` is rank-1 of the validation persons.
+    """
+    _save_atomically({
+        "format": FINETUNED_EDGEFACE_FORMAT, "epoch": epoch,
+        "backbone_state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "arcface_state_dict": {"weight": head_weight.detach().cpu()},
+        "subject_to_id": dict(subject_to_id),
+        "val_accuracy": float(metrics.get("val_rank1_full", float("nan"))),
+        "config": dict(config), "metrics": dict(metrics)}, path)
+
+
+def write_trainer_state(state: dict[str, Any], path: str | Path,
+                        fmt: str = TRAINER_STATE_FORMAT) -> None:
     """Write a trainer state (tensors and plain data; its ``format`` set here)."""
-    _save_atomically({**state, "format": TRAINER_STATE_FORMAT}, path)
+    _save_atomically({**state, "format": fmt}, path)
 
 
-def read_trainer_state(path: str | Path) -> dict[str, Any]:
-    """A trainer state written by `write_trainer_state`, read with ``weights_only=True``.
-    Raises CheckpointError naming the file when it is missing, unreadable or of another kind."""
+def read_trainer_state(path: str | Path, fmt: str = TRAINER_STATE_FORMAT) -> dict[str, Any]:
+    """A trainer state written by `write_trainer_state` (format `fmt`), read with
+    ``weights_only=True``. Raises CheckpointError naming the file when it is missing, unreadable
+    or of another kind."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"cannot resume: {file} does not exist")
@@ -97,10 +128,12 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume from {file}: it cannot be read ({_reason(exc)}); "
                               "the run was killed while writing it or the file was damaged: "
                               "start the run again without --resume") from exc
-    if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
-        raise CheckpointError(f"cannot resume from {file}: not a tune_dsr trainer state "
-                              "(expected last.pt or a Tune checkpoint's state.pt); a best.pt "
-                              "cannot be resumed from")
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        expected = ("a fine-tuning run's last.pt" if fmt == FINETUNE_STATE_FORMAT else
+                    "last.pt or a Tune checkpoint's state.pt")
+        raise CheckpointError(f"cannot resume from {file}: not a tune_dsr "
+                              f"{'fine-tuning' if fmt == FINETUNE_STATE_FORMAT else 'trainer'} "
+                              f"state (expected {expected}); a best.pt cannot be resumed from")
     return state
 
 _FIX = ("pass best.pt or last.pt written by `python -m tune_dsr.train`, or a Tune trial "
@@ -216,6 +249,9 @@ def read_dsr_checkpoint(path: str | Path,
         reason = _reason(exc)
         raise CheckpointError(f"{file} is not a PyTorch checkpoint that can be read ({reason}); "
                               f"{_FIX}.") from exc
+    if isinstance(data, dict) and "backbone_state_dict" in data:
+        raise CheckpointError(f"{file} is a fine-tuned EdgeFace recogniser, not a DSR; pass it "
+                              f"as --edgeface, and as --dsr a DSR checkpoint ({_FIX}).")
     if not isinstance(data, dict) or "config" not in data or not (
             "model_state_dict" in data or "ema_state_dict" in data):
         keys = ", ".join(map(str, list(data)[:8])) if isinstance(data, dict) else \
@@ -523,14 +559,20 @@ def _load_strict(net: IdentityNet, state: Mapping[str, Any], path: Path) -> None
     net.load_state_dict(state, strict=True)
 
 
-def load_edgeface(spec: str, map_location: str | torch.device = "cpu") -> IdentityNet:
+def load_edgeface(spec: str, map_location: str | torch.device = "cpu",
+                  seed: int = 0) -> IdentityNet:
     """The frozen EdgeFace named by `spec`: a checkpoint path, or ``random:<variant>``.
 
     The file's layout and architecture are detected from its keys and shapes; the network is
-    returned on `map_location`, in eval mode, with no parameter requiring gradients.
+    returned on `map_location`, in eval mode, with no parameter requiring gradients. A random
+    network is drawn from `seed` (the global RNG untouched), so that ``random:<variant>`` names
+    one network wherever it is loaded: the one a smoke test's DSR trained against is the one
+    its fine-tuning starts from and its evaluation reads with.
     """
     if spec.startswith("random:"):
-        net = build_edgeface(spec[len("random:"):])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_edgeface(spec[len("random:"):])
         logger.warning("[EdgeFace] using a RANDOMLY INITIALISED %s: its embeddings are "
                        "meaningless for recognition, so identity metrics and losses from it are "
                        "only good for smoke tests", net.variant)

@@ -224,9 +224,7 @@ def load_held_out(edgeface: str) -> nn.Module:
     from tune_dsr.models.checkpoints import load_edgeface
 
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            return load_edgeface(edgeface)
+        return load_edgeface(edgeface, seed=1)
     except EdgeFaceError as exc:
         raise EdgeFaceError(f"val_edgeface={edgeface!r} (the held-out validation recogniser): "
                             f"{exc}") from exc

@@ -43,7 +43,9 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "WarmupCosine",
+    "improves",
     "prepare_run",
+    "warmed_ema_decay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,18 @@ class WarmupCosine:
             return (epoch + 1) / self.warmup
         span = max(1, self.epochs - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch - self.warmup, span) / span))
+
+
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` is a new best over `best` (None: nothing yet) in direction `mode`."""
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def warmed_ema_decay(updates: int, cap: float) -> float:
+    """The EMA decay after `updates` steps: (1+t)/(10+t), at most `cap`. With a fixed 0.999 the
+    EMA would still be mostly the initial weights for the first thousand steps, and a search's
+    short trials (or a short fine-tuning) would be judged on those."""
+    return min(cap, (1 + updates) / (10 + updates))
 
 
 # Validation probes shown in the picture grid written at each new best epoch.
@@ -273,10 +287,7 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         self.ema_updates += 1
-        # Warm the decay up ((1+t)/(10+t), capped at ema_decay): with a fixed 0.999 the EMA would
-        # still be mostly random initial weights for the first thousand steps, and a search's
-        # short trials would be judged on those.
-        decay = min(self.config.train.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        decay = warmed_ema_decay(self.ema_updates, self.config.train.ema_decay)
         ema_params: list[Tensor] = list(self.ema.parameters())
         params = [p.detach() for p in self.model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
@@ -359,8 +370,7 @@ class Trainer:
 
     def _track_best(self, metrics: dict[str, float]) -> bool:
         value = metrics[self.monitor]
-        better = (self.best_value is None
-                  or (value > self.best_value if self.mode == "max" else value < self.best_value))
+        better = improves(value, self.best_value, self.mode)
         if better:
             self.best_value, self.best_epoch = value, self.epoch
             self.best_metrics = dict(metrics)

@@ -31,6 +31,7 @@ __all__ = [
     "SOFT_RANK1_TEMPERATURE",
     "Embed",
     "ValidationGallery",
+    "distractor_rows",
     "soft_rank1",
 ]
 
@@ -56,7 +57,7 @@ def soft_rank1(margins: Tensor) -> Tensor:
 Embed = Callable[[Tensor], Tensor]  # float images in [0, 1] on the device -> embeddings [B, D]
 
 
-def _distractor_rows(train_set: PairedFaces, val_subjects: set[str]
+def distractor_rows(train_set: PairedFaces, val_subjects: set[str]
                      ) -> tuple[Tensor, Tensor, list[str]]:
     """Indices of the training images that enrol distractors, their rows, and the subjects.
 
@@ -105,7 +106,7 @@ class ValidationGallery:
         labels = val_set.subject_index
         own = gallery_means(embed_batches(embed, val_set.hr.split(batch), device), labels,
                             len(val_set.unique_subjects))
-        indices, rows, kept = _distractor_rows(train_set, set(val_set.unique_subjects))
+        indices, rows, kept = distractor_rows(train_set, set(val_set.unique_subjects))
         enrolled = train_set.hr[indices].split(batch)
         distractors = (gallery_means(embed_batches(embed, enrolled, device), rows, len(kept))
                        if kept else own.new_zeros(0, own.shape[1]))
