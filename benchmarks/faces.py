@@ -146,24 +146,13 @@ def _wait(processes: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None
                                f"{logs[name].read_text()[-3000:]}")
 
 
-def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> dict[str, float]:
-    """Mean of a's per-probe `key` minus b's over the same probes, with a paired bootstrap 95 %
-    interval that resamples persons (all of a person's probes together)."""
-    import torch
+def _paired(rows: list[dict[str, Any]], a: str, b: str, recogniser: str, key: str
+            ) -> dict[str, float]:
+    """a's per-probe `key` minus b's under one recogniser, persons resampled."""
+    from tune_dsr.evaluation.pairs import paired_difference
 
-    from tune_dsr.statistics import paired_bootstrap
-
-    def chosen(method: str) -> list[dict[str, Any]]:
-        return [r for _, r in sorted((r["probe"], r) for r in rows if r["method"] == method)]
-
-    def values(method: str) -> torch.Tensor:
-        return torch.tensor([float(r[key]) if key == "margin" else float(r["rank"] == 1)
-                             for r in chosen(method)])
-
-    subjects = sorted({r["subject"] for r in rows})
-    persons = torch.tensor([subjects.index(r["subject"]) for r in chosen(a)])
-    difference = paired_bootstrap(values(a), values(b), resamples=4000, seed=0, groups=persons)
-    return {"difference": difference.estimate, "low": difference.low, "high": difference.high}
+    found = paired_difference(rows, (a, recogniser), (b, recogniser), metric=key)
+    return {name: found[name] for name in ("difference", "low", "high")}
 
 
 def _budget(ctx: Context) -> tuple[Budget, dict[str, Any]]:
@@ -271,7 +260,7 @@ def run(ctx: Context) -> PartResult:
                      [[m, f"{wide[m]['rank1']:.1%}",
                        "[" + ", ".join(f"{v:.1%}" for v in wide[m]["rank1_ci"]) + "]",
                        fmt(wide[m]["margin"], 4), fmt(wide[m]["psnr"], 2)] for m in methods])
-        pairs = {f"{a} - {b}": {key: _paired(rows, a, b, key) for key in ("rank1", "margin")}
+        pairs = {f"{a} - {b}": {key: _paired(rows, a, b, rec, key) for key in ("rank1", "margin")}
                  for a, b in (("search", "bicubic"), ("search", "pixel-only"),
                               ("pixel-only", "bicubic"))}
         result.table(["paired difference", "rank-1 points [95 %]", "margin [95 %]"],

@@ -274,3 +274,22 @@ def test_debug_shows_the_exception(root, checkpoints):
     with pytest.raises(CheckpointError, match="32x32"):
         main(["--test-dir", str(root / "test_processed"), "--dsr", str(checkpoints["vlr32"]),
               "--edgeface", EDGEFACE, "--debug"])
+
+
+def test_distractor_faces_are_decoded_as_the_probes_are(tmp_path):
+    """A 16-bit distractor face is scaled to 8 bits, as the probes' decoder does, not clipped."""
+    import numpy as np
+    from PIL import Image
+
+    from tune_dsr.evaluation.probes import DistractorFaces
+
+    hr = tmp_path / "other_processed" / "hr_images"
+    hr.mkdir(parents=True)
+    half = np.full((112, 112), 32768, dtype=np.uint16)
+    Image.fromarray(half).save(hr / "Ann-Other_0001.png")
+    Image.new("RGB", (112, 112), (10, 20, 30)).save(hr / "Bob-Other_0001.png")
+    faces = DistractorFaces.scan(hr.parent)
+    (batch,) = list(faces.batches(8))
+    assert batch.dtype == torch.uint8 and batch.shape == (2, 3, 112, 112)
+    assert int(batch[0].float().mean().round()) == 128  # scaled, where a clip gives 255
+    assert batch[1, :, 0, 0].tolist() == [10, 20, 30]

@@ -43,6 +43,7 @@ __all__ = [
     "PairedFaces",
     "bicubic_upscale",
     "check_split",
+    "decode_faces",
     "find_vlr_dir",
     "inspect_image",
     "load_pair_sets",
@@ -388,6 +389,16 @@ def _decode_all(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[tupl
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     results = _parallel_map(lambda i: _decode_into(paths[i], out[i]), range(len(paths)))
     return out, [(i, why) for i, why in enumerate(results) if why is not None]
+
+
+def decode_faces(paths: Sequence[Path], size: int) -> Tensor:
+    """Square images as uint8 [N, 3, size, size] RGB, decoded as every split is (any mode to
+    8-bit RGB, 16-bit scaled, in parallel). DataError names each file that cannot be decoded."""
+    images, failed = _decode_all(paths, size)
+    if failed:
+        raise _error(Path(paths[0]).parent, [_Problem(f"{Path(paths[i]).name} {why}",
+                                                      _FIX_CORRUPT) for i, why in failed])
+    return torch.from_numpy(images)
 
 
 # ----------------------------------------------------------------------------- the dataset

@@ -208,6 +208,7 @@ class DistractorFaces:
     subjects: list[str]
     paths: list[Path] = field(default_factory=list)
     hr: Tensor | None = None
+    size: int = 112  # the faces' side (scan checked every file has it)
 
     @classmethod
     def scan(cls, split: str | Path, hr_size: int = 112) -> DistractorFaces:
@@ -242,7 +243,7 @@ class DistractorFaces:
                             f"{hr_dir}: {listing(problems, sep='; ')}. Replace or remove them, "
                             "or leave "
                             "this --distractor-dir out.", problems)
-        return cls(str(folder), [subject_of(p.name) for p in paths], paths=paths)
+        return cls(str(folder), [subject_of(p.name) for p in paths], paths=paths, size=hr_size)
 
     @classmethod
     def from_tensor(cls, hr: Tensor, subjects: Sequence[str], source: str = "memory"
@@ -255,24 +256,14 @@ class DistractorFaces:
         return len(self.subjects)
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
-        """uint8 [b, 3, H, W] batches, in `subjects` order."""
-        import numpy as np
-        import torch
-        from PIL import Image
+        """uint8 [b, 3, H, W] batches, in `subjects` order, decoded as the probes are."""
+        from tune_dsr.data import decode_faces
 
         if self.hr is not None:
             yield from self.hr.split(batch_size)
             return
         for start in range(0, len(self.paths), batch_size):
-            chunk = []
-            for path in self.paths[start:start + batch_size]:
-                try:
-                    with Image.open(path) as image:
-                        chunk.append(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
-                except OSError as exc:
-                    raise DataError(f"distractor image {path} cannot be decoded ({exc}); replace "
-                                    "or remove it") from exc
-            yield torch.from_numpy(np.stack(chunk))
+            yield decode_faces(self.paths[start:start + batch_size], self.size)
 
 
 def check_distractors(data: PairedFaces, distractors: Sequence[DistractorFaces]) -> None:
