@@ -322,26 +322,6 @@ def _tar_at(far: Tensor, tar: Tensor, rate: float) -> float:
     return float(tar[far <= rate * (1 + 1e-12)].max())  # the start point (0, 0) always qualifies
 
 
-def roc_auc(genuine: Tensor, impostor: Tensor) -> float:
-    """Area under the ROC: P(genuine > impostor) + ½·P(genuine = impostor)."""
-    return _auc(*roc_curve(genuine, impostor))
-
-
-def equal_error_rate(genuine: Tensor, impostor: Tensor) -> float:
-    """Where the false-reject rate equals the false-accept rate along the (piecewise-linear)
-    ROC: exact at a threshold where both are equal, else interpolated on the crossing segment."""
-    return _eer(*roc_curve(genuine, impostor))
-
-
-def tar_at_far(genuine: Tensor, impostor: Tensor, far: float) -> float:
-    """The highest true-accept rate of any threshold whose false-accept rate is at most `far`.
-
-    No interpolation: with n impostor scores, at most ⌊far·n⌋ of them may be accepted (with
-    fewer than 1/far impostors that means none, so the threshold sits above the best impostor).
-    """
-    return _tar_at(*roc_curve(genuine, impostor), far)
-
-
 def _far_key(far: float) -> str:
     exponent = math.log10(far) if far > 0 else math.nan
     if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9:
@@ -358,7 +338,12 @@ def _metrics_from_roc(far: Tensor, tar: Tensor, fars: Sequence[float]) -> dict[s
 
 def verification_metrics(genuine: Tensor, impostor: Tensor,
                          fars: Sequence[float] = (1e-2, 1e-3)) -> dict[str, float]:
-    """``roc_auc``, ``eer`` and ``tar_at_far_1e-2``, ``tar_at_far_1e-3`` (one per `fars`)."""
+    """``roc_auc`` (P(genuine > impostor) + ½·P(tie)), ``eer`` (where the false-reject rate meets
+    the false-accept rate along the piecewise-linear ROC: exact at a threshold where both are
+    equal, else interpolated on the crossing segment) and ``tar_at_far_1e-2``,
+    ``tar_at_far_1e-3`` (one per `fars`: the highest true-accept rate of any threshold whose
+    false-accept rate is at most that; no interpolation, so with fewer than 1/far impostor scores
+    no impostor may be accepted) of genuine and impostor score vectors."""
     return _metrics_from_roc(*roc_curve(genuine, impostor), fars)
 
 
