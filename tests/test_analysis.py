@@ -32,7 +32,7 @@ def searched_params(seed: int) -> dict[str, Any]:
     """Values of every knob recognition_first searches, drawn by Optuna from the preset's space."""
     import optuna
 
-    from search_spaces import load_preset
+    from tune_dsr.tuning.presets import load_preset
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -581,7 +581,7 @@ def test_best_checkpoint_and_picture_of_the_search(finished_search: dict[str, An
 def test_importance_on_the_search(finished_search: dict[str, Any], tmp_path: Path) -> None:
     import optuna
 
-    from search_spaces import load_preset
+    from tune_dsr.tuning.presets import load_preset
 
     exp = load_experiment(finished_search["experiment"])
     plan = finished_search["plan"]

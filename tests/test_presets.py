@@ -3,9 +3,9 @@ import logging
 import optuna
 import pytest
 
-from search_spaces import BUILTIN, SearchSpace, load_preset, optional_weight, pin_space
 from tune_dsr.config import METRICS, Config, switch_key
 from tune_dsr.errors import ConfigError
+from tune_dsr.tuning.presets import BUILTIN, SearchSpace, load_preset, optional_weight, pin_space
 
 
 def _guide(preset):

@@ -15,7 +15,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search_spaces import load_preset
 from tests.helpers import (
     SEARCH_CONFIRM,
     SEARCH_EPOCHS,
@@ -28,6 +27,7 @@ from tune_dsr import train as train_cli
 from tune_dsr.config import Config
 from tune_dsr.tuning.analysis import load_experiment
 from tune_dsr.tuning.experiment import BEST_FILE, CONFIRM_DIR, STUDY_FILE
+from tune_dsr.tuning.presets import load_preset
 from tune_dsr.tuning.records import load_trials
 
 pytestmark = pytest.mark.slow

@@ -111,7 +111,7 @@ def print_front(plan: Any) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     if args.list_spaces:
-        from search_spaces import BUILTIN, load_preset
+        from tune_dsr.tuning.presets import BUILTIN, load_preset
 
         for name in BUILTIN:
             print(load_preset(name).describe() + "\n")

@@ -115,7 +115,8 @@ def _trunk_blocks(net: IdentityNet) -> list[nn.Module]:
     """The backbone's blocks in order, for `freeze_stages`."""
     if isinstance(net, EdgeNeXtIdentityNet):
         return [net.model.stem, *net.model.stages]
-    return list(net.features)  # type: ignore[attr-defined]
+    features: nn.Sequential = net.features  # type: ignore[attr-defined,assignment]
+    return list(features)
 
 
 class Finetuner:
@@ -170,7 +171,8 @@ class Finetuner:
         # The gallery's distractors: the training persons that are not also validation persons.
         self._enrol, self._rows, self._kept = distractor_rows(
             train_set, set(val_set.unique_subjects))
-        probes, taken = [], {}
+        probes: list[int] = []
+        taken: dict[str, int] = {}
         for index in self._enrol.tolist():
             subject = train_set.subjects[index]
             if taken.get(subject, 0) < TRAIN_PROBES_PER_PERSON:

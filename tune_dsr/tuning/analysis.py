@@ -134,7 +134,7 @@ class Experiment:
         for trial in self.study.get_trials(deepcopy=False) if self.study else []:
             space.update(trial.distributions)
         if not space:
-            from search_spaces import load_preset
+            from tune_dsr.tuning.presets import load_preset
 
             return load_preset(self.plan.space).searched(self.plan.pins)
         return {k: d for k, d in space.items() if k not in self.plan.pins}
@@ -444,7 +444,7 @@ class Experiment:
         """Optuna trials built from the Tune trials' best values of `metric`."""
         import optuna
 
-        from search_spaces import in_range
+        from tune_dsr.tuning.presets import in_range
 
         if not self.distributions:
             raise ConfigError(f"{self.path} has no search plan, so the searched "

@@ -34,9 +34,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import SearchSpace
 from tune_dsr.errors import ConfigError
 from tune_dsr.tuning.experiment import is_uri, trial_folder
+from tune_dsr.tuning.presets import SearchSpace
 
 __all__ = [
     "AshaStateCallback",

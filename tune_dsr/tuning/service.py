@@ -130,12 +130,12 @@ def plan_search(options: SearchOptions) -> SearchPlan:
 
     With ``demo``, synthetic faces are written next to the experiment (seconds).
     """
-    from search_spaces import load_preset
+    from tune_dsr.tuning.presets import load_preset
 
     budget = {**DEFAULT_BUDGET, **(demo.SEARCH_BUDGET if options.demo else {})}
     given = {k: getattr(options, k) for k in budget if getattr(options, k) is not None}
     options = dataclasses.replace(options, **{**budget, **given})
-    from search_spaces import check_objectives
+    from tune_dsr.tuning.presets import check_objectives
 
     preset = load_preset(options.space)
     objectives = (list(check_objectives(options.objectives, single=True))
@@ -299,7 +299,6 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search_spaces import SearchSpace, load_preset
     from tune_dsr.tuning.optuna_asha import (
         AshaStateCallback,
         PruneAwareOptunaSearch,
@@ -309,6 +308,7 @@ def build_tuner(plan: SearchPlan, data: SearchData, resume: bool = False,
         trial_dirname,
     )
     from tune_dsr.tuning.pareto_asha import ParetoASHA, ParetoStateCallback
+    from tune_dsr.tuning.presets import SearchSpace, load_preset
     from tune_dsr.tuning.trainable import kept_key
 
     check_private_api()
@@ -464,7 +464,7 @@ def check_study_matches(plan: SearchPlan) -> None:
     (a preset edited since, or one of an older tune_dsr, would fail at the next proposal)."""
     import optuna
 
-    from search_spaces import load_preset
+    from tune_dsr.tuning.presets import load_preset
 
     if not plan.study_path.is_file():
         return
@@ -491,9 +491,9 @@ def run_search(plan: SearchPlan, resume: bool = False,
     (Ctrl-C) left unfinished. `function` replaces the trial function (default
     `tune_dsr.tuning.trainable.train_dsr`).
     """
-    from search_spaces import load_preset
     from tune_dsr.training.losses import load_held_out, load_loss_networks
     from tune_dsr.tuning.export import best_config_document
+    from tune_dsr.tuning.presets import load_preset
     from tune_dsr.tuning.records import unfinished_trials
 
     direction(plan.metric)  # a plan edited by hand must still name a known metric
